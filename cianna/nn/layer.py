@@ -1,0 +1,117 @@
+"""Base class shared by every CIANNA layer: shape bookkeeping, dropout and activation.
+
+A CIANNA layer computes a linear (or pooling / normalising) operation, then applies dropout to the
+**pre-activation** output, then its activation (``framework.md`` §4.7). Dropout is CIANNA's
+non-inverted kind: kept values are not rescaled in training, and inference either scales by ``1 − p``
+(``AVG_MODEL``) or draws random masks (``MC_MODEL``, Monte-Carlo dropout).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cianna.nn.activations import Activation, parse_activation
+
+__all__ = ["Layer", "DROP_MODES", "as_tuple"]
+
+#: inference drop modes: weight scaling or Monte-Carlo sampling
+DROP_MODES = ("AVG_MODEL", "MC_MODEL")
+
+
+def as_tuple(value, ndim: int, name: str, *, minimum: int = 0) -> tuple:
+    """Expand an int or sequence into a tuple of ``ndim`` ints (torch spatial order ``(D, H, W)``).
+
+    Raises
+    ------
+    ValueError
+        If the length does not match ``ndim`` or a value is below ``minimum``.
+    """
+    if isinstance(value, int):
+        out = (value,) * ndim
+    else:
+        out = tuple(int(v) for v in value)
+        if len(out) != ndim:
+            raise ValueError(f"{name}={tuple(value)} has {len(out)} entries; the data are {ndim}-D "
+                             f"so {ndim} entries (torch order D, H, W) are expected")
+    if any(v < minimum for v in out):
+        raise ValueError(f"{name}={out} must be >= {minimum} in every dimension")
+    return out
+
+
+class Layer(nn.Module):
+    """A network layer with CIANNA semantics.
+
+    Parameters
+    ----------
+    in_shape : tuple of int
+        Input shape of one example: ``(C, *spatial)`` for spatial layers, ``(F,)`` for dense input.
+    activation : str, dict or Activation
+        CIANNA activation (``"RELU"``, ``"LOGI_S6_B1"``, ...).
+    drop_rate : float
+        Dropout probability (active when ``> 0.01``, as in CIANNA).
+    """
+
+    kind = "layer"
+
+    def __init__(self, in_shape, activation="LIN", drop_rate: float = 0.0):
+        super().__init__()
+        self.in_shape = tuple(int(s) for s in in_shape)
+        self.activation: Activation = parse_activation(activation)
+        if not 0.0 <= float(drop_rate) < 1.0:
+            raise ValueError(f"drop_rate={drop_rate} must be in [0, 1)")
+        self.drop_rate = float(drop_rate)
+        self.frozen = False
+        # set by the owning Network: where dropout masks come from and which inference mode applies
+        self.drop_mode = "AVG_MODEL"
+        self._generator_fn = None
+
+    # -- to implement -------------------------------------------------------------------------------
+    @property
+    def out_shape(self) -> tuple:
+        """Output shape of one example."""
+        raise NotImplementedError
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activation output (before dropout)."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """JSON-serialisable constructor arguments (without ``in_shape``)."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------------
+    @property
+    def has_dropout(self) -> bool:
+        """True when this layer applies dropout (CIANNA: ``drop_rate > 0.01``)."""
+        return self.drop_rate > 0.01
+
+    def dropout(self, pre: torch.Tensor) -> torch.Tensor:
+        """Apply CIANNA's non-inverted dropout to a pre-activation tensor."""
+        if not self.has_dropout:
+            return pre
+        keep = 1.0 - self.drop_rate
+        if self.training or self.drop_mode == "MC_MODEL":
+            gen = self._generator_fn(pre.device) if self._generator_fn is not None else None
+            mask = torch.rand(pre.shape, device=pre.device, generator=gen) < keep
+            return pre * mask.to(pre.dtype)
+        return pre * keep
+
+    def forward(self, x: torch.Tensor, return_preact: bool = False):
+        """Linear op, dropout, activation.
+
+        Parameters
+        ----------
+        x : torch.Tensor, shape (N, *in_shape)
+        return_preact : bool
+            Also return the pre-activation (after dropout), needed by output losses.
+        """
+        pre = self.dropout(self.linear(x))
+        out = self.activation(pre)
+        return (pre, out) if return_preact else out
+
+    def extra_repr(self) -> str:
+        drop = f", drop_rate={self.drop_rate}" if self.has_dropout else ""
+        return f"in={self.in_shape}, out={self.out_shape}, act={self.activation.to_string()}{drop}"
+
+    def _common_config(self) -> dict:
+        return {"activation": self.activation.config(), "drop_rate": self.drop_rate}
