@@ -1,0 +1,1 @@
+"""File input/output helpers (FITS images and cubes, catalogues)."""
