@@ -858,30 +858,33 @@ class _TextCursor:
         self.pos += 1
         return s
 
-    def numbers(self, count, what, *, integer=False) -> np.ndarray:
-        """Read ``count`` whitespace-separated numbers spanning whole lines (blank lines skipped)."""
-        if count < 0 or count > _MAX_VALUES:
-            self.err(f"{what}: implausible value count {count}")
-        chunks, got = [], 0
-        while got < count:
+    def rows(self, n_rows, n_cols, what) -> np.ndarray:
+        """Read ``n_rows`` lines of exactly ``n_cols`` numbers each (blank lines skipped).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n_rows, n_cols), float32
+        """
+        if n_rows < 0 or n_cols < 0 or n_rows * n_cols > _MAX_VALUES:
+            self.err(f"{what}: implausible size {n_rows} x {n_cols}")
+        out = np.empty((n_rows, n_cols), dtype=np.float32)
+        for r in range(n_rows):
             self.skip_blank()
             if self.pos >= len(self.lines):
-                self.err(f"file truncated: {what}: expected {count} values, found {got} before end of file")
-            toks = self.lines[self.pos].split()
-            if got + len(toks) > count:
-                self.err(f"{what}: expected {count} values, this line brings the count to {got + len(toks)} "
-                         f"(line starts with {self.lines[self.pos][:40]!r})", self.pos + 1)
+                self.err(f"file truncated: {what}: expected {n_rows} lines of {n_cols} values, "
+                         f"reached end of file after {r} lines")
+            line = self.lines[self.pos]
+            toks = line.split()
+            if len(toks) != n_cols:
+                self.err(f"{what}: line {r + 1} of {n_rows} has {len(toks)} values, expected {n_cols} "
+                         f"(truncated or corrupted file; line starts with {line[:40]!r})", self.pos + 1)
             try:
-                arr = np.array(toks, dtype=np.int64 if integer else np.float64)
+                out[r] = np.array(toks, dtype=np.float64)
             except ValueError:
-                bad = next((t for t in toks if not _is_number(t, integer)), toks[0] if toks else "")
-                self.err(f"{what}: expected {count} {'integers' if integer else 'numbers'}, found {got} "
-                         f"then the non-numeric token {bad[:40]!r} (line starts with "
-                         f"{self.lines[self.pos][:40]!r})", self.pos + 1)
-            chunks.append(arr)
-            got += len(toks)
+                bad = next((t for t in toks if not _is_number(t, False)), toks[0])
+                self.err(f"{what}: line {r + 1} of {n_rows}: non-numeric token {bad[:40]!r}", self.pos + 1)
             self.pos += 1
-        return np.concatenate(chunks) if chunks else np.zeros(0)
+        return out
 
 
 def _is_number(tok, integer):
@@ -933,17 +936,14 @@ def _read_text(text: str, path, nb_layers: int, finite: bool) -> CiannaFile:
                 nb_box = yv[0]
                 if not 1 <= nb_box <= 1 << 16:
                     cur.err(f"YOLO nb_box = {nb_box} out of range")
-                priors = np.stack([cur.numbers(nb_box, f"YOLO priors ({dim} row)")
-                                   for dim in ("width", "height", "depth")])
-                slopes = np.stack([cur.numbers(3, f"YOLO slopes line {k + 1} of 6 ('slope max min')")
-                                   for k in range(6)])
+                priors = cur.rows(3, nb_box, "YOLO priors (width, height and depth lines)")
+                slopes = cur.rows(6, 3, "YOLO slopes (6 lines 'slope max min')")
                 yolo = YoloRecord(*yv, priors, slopes)
             rec = ConvRecord(v[0], v[1:4], v[4:7], v[7:10], v[10:13], v[13:16], v[16], drop, bias, act,
                              np.zeros((0, 0), np.float32), yolo)
             _propagate_one(rec, prev, prev_is_dense, cur.err, check_arrays=False, finite=finite)
             ff = rec.flat_f_size
-            rec.weights = cur.numbers(rec.nb_filters * ff, f"weights ({rec.nb_filters} lines of {ff} values)"
-                                      ).astype(np.float32).reshape(rec.nb_filters, ff)
+            rec.weights = cur.rows(rec.nb_filters, ff, "weights")
         elif tag == "P":
             cur.layer_type = "pool"
             m = _RE_POOL.match(s)
@@ -962,8 +962,7 @@ def _read_text(text: str, path, nb_layers: int, finite: bool) -> CiannaFile:
             rec = DenseRecord(int(g[0]), float(g[1]), float(g[2]), g[3], np.zeros((0, 0), np.float32))
             _propagate_one(rec, prev, prev_is_dense, cur.err, check_arrays=False, finite=finite)
             in_size, nc = prev.flat + 1, rec.nb_neurons + 1
-            rec.weights = cur.numbers(in_size * nc, f"weights ({in_size} lines of {nc} values)"
-                                      ).astype(np.float32).reshape(in_size, nc)
+            rec.weights = cur.rows(in_size, nc, "weights")
         elif tag == "N":
             cur.layer_type = "norm"
             m = _RE_NORM.match(s)
@@ -973,8 +972,8 @@ def _read_text(text: str, path, nb_layers: int, finite: bool) -> CiannaFile:
             rec = NormRecord(g[0], int(g[1]), int(g[2]), g[3], np.zeros(0), np.zeros(0))
             _propagate_one(rec, prev, prev_is_dense, cur.err, check_arrays=False, finite=finite)
             nb_group = -(-prev.channels // rec.group_size)
-            rec.gamma = cur.numbers(nb_group, f"gamma line ({nb_group} values)").astype(np.float32)
-            rec.beta = cur.numbers(nb_group, f"beta line ({nb_group} values)").astype(np.float32)
+            rec.gamma = cur.rows(1, nb_group, "gamma line")[0]
+            rec.beta = cur.rows(1, nb_group, "beta line")[0]
         elif tag == "L":
             cur.layer_type = "lrn"
             m = _RE_LRN.match(s)
@@ -1107,6 +1106,19 @@ def read_cianna_file(path: PathLike, *, binary: bool | None = None, nb_layers: i
     return _read_text(text, path, nb_layers, check_finite)
 
 
+def _atomic_open(path):
+    """Create a temporary file next to ``path`` with the usual permissions; return ``(fd, tmp_path)``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    try:  # mkstemp creates 0600 files; give the final file the permissions open() would
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+    except OSError:
+        pass
+    return fd, tmp
+
+
 def write_cianna_file(cf: CiannaFile, path: PathLike, *, binary: bool = True, check_finite: bool = True) -> None:
     """Write a network in CIANNA's binary or text save format, atomically.
 
@@ -1133,8 +1145,7 @@ def write_cianna_file(cf: CiannaFile, path: PathLike, *, binary: bool = True, ch
     """
     path = os.fspath(path)
     propagate_shapes(cf, path=path, finite=check_finite)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = _atomic_open(path)
     try:
         if binary:
             with os.fdopen(fd, "wb") as fh:
@@ -1235,8 +1246,7 @@ def write_forward_file(path: PathLike, values, *, binary: bool = True, single_li
     path = os.fspath(path)
     arr = np.asarray(values, dtype=np.float32)
     arr = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(1, -1)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path) + ".", dir=directory)
+    fd, tmp = _atomic_open(path)
     try:
         if binary:
             with os.fdopen(fd, "wb") as fh:
