@@ -10,3 +10,16 @@ import logging
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+from cianna.nn import Network  # noqa: E402
+from cianna.train import (ArrayDataset, StreamingDataset, Trainer, load_network, predict,  # noqa: E402
+                          save_checkpoint)
+
+
+def load(path):
+    """Load a network saved with :meth:`Network.save` / :func:`save_checkpoint` (alias of :func:`load_network`)."""
+    return load_network(path)
+
+
+__all__ = ["Network", "Trainer", "ArrayDataset", "StreamingDataset", "predict", "load", "load_network",
+           "save_checkpoint", "__version__"]

@@ -118,10 +118,33 @@ class Linear(Activation):
         return "LIN"
 
 
+class _SaturatedLeakyRelu(torch.autograd.Function):
+    """Saturated leaky ReLU as one fused leaky_relu, plus a correction only when the saturation is reached."""
+
+    @staticmethod
+    def forward(ctx, x, saturation, leaking):
+        y = nn.functional.leaky_relu(x, leaking)
+        saturated = bool(math.isfinite(saturation) and y.numel() and y.amax() > saturation)
+        if saturated:
+            y = torch.where(x > saturation, saturation + (x - saturation) * leaking, y)
+        ctx.save_for_backward(y)
+        ctx.saturation, ctx.leaking, ctx.saturated = saturation, leaking, saturated
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        g = torch.ops.aten.leaky_relu_backward(grad, y, ctx.leaking, True)
+        if ctx.saturated:
+            g = torch.where(y > ctx.saturation, grad * ctx.leaking, g)
+        return g, None, None
+
+
 class Relu(Activation):
     """CIANNA saturated leaky ReLU (``RELU``).
 
-    ``y = L·x`` for ``x ≤ 0``; ``y = x`` for ``0 < x ≤ S``; ``y = S + (x − S)·L`` for ``x > S``.
+    ``y = L·x`` for ``x ≤ 0``; ``y = x`` for ``0 < x ≤ S``; ``y = S + (x − S)·L`` for ``x > S``;
+    derivative ``L`` where ``y ≤ 0`` or ``y > S``, else 1 (CUDA behaviour of CIANNA).
 
     Parameters
     ----------
@@ -139,11 +162,12 @@ class Relu(Activation):
         self.leaking = float(leaking)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = nn.functional.leaky_relu(x, self.leaking)
-        if math.isfinite(self.saturation):
-            # above S the slope drops from 1 to L: subtract (1-L)·(x-S)₊
-            y = y - (1.0 - self.leaking) * torch.relu(x - self.saturation)
-        return y
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            y = nn.functional.leaky_relu(x, self.leaking)
+            if math.isfinite(self.saturation) and y.numel() and y.amax() > self.saturation:
+                y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
+            return y
+        return _SaturatedLeakyRelu.apply(x, self.saturation, self.leaking)
 
     def to_string(self) -> str:
         return f"RELU_S{self.saturation:.2f}_L{self.leaking:.2f}"

@@ -386,6 +386,25 @@ class Network(nn.Module):
                 raise ValueError(f"layer {i} ({kind}) of the network config: {exc}") from None
         return net
 
+    def save(self, path):
+        """Save architecture and weights to a safetensors checkpoint (atomic write); see :func:`cianna.load`."""
+        from cianna.train.checkpoint import save_checkpoint
+
+        return save_checkpoint(path, self)
+
+    @classmethod
+    def load(cls, path) -> "Network":
+        """Load a network written by :meth:`save` (or a training checkpoint)."""
+        from cianna.train.checkpoint import load_network
+
+        return load_network(path)
+
+    def predict(self, inputs, **kwargs):
+        """Batched inference with AVG/MC dropout; see :func:`cianna.train.predict.predict`."""
+        from cianna.train.predict import predict
+
+        return predict(self, inputs, **kwargs)
+
     def __repr__(self) -> str:
         return f"Network(input_shape={self.input_shape}, layers={len(self.layers)}, " \
                f"output_shape={self.output_shape})"
