@@ -73,7 +73,7 @@ from astropy.wcs import WCS
 __all__ = [
     "PIXEL_SIZE_DEG", "BEAM_FWHM_DEG", "FREQ_HZ", "ComponentModel", "PopulationModel", "ContinuumField",
     "default_population", "calibrate_population", "sample_population", "simulate_continuum_field",
-    "make_wcs", "primary_beam", "render_sources",
+    "make_wcs", "make_header", "primary_beam", "render_sources",
 ]
 
 log = logging.getLogger(__name__)
@@ -678,7 +678,25 @@ class ContinuumField:
     meta: dict = field(default_factory=dict)
 
 
-def _header(wcs: WCS, size: int, ndim: int, freq_hz: float, beam_fwhm: float) -> fits.Header:
+def make_header(wcs: WCS, size: int, *, ndim: int = 2, freq_hz: float = FREQ_HZ,
+                beam_fwhm: float = BEAM_FWHM_DEG) -> fits.Header:
+    """FITS header of a simulated ``size`` x ``size`` float32 image (SDC1-like keywords, see module notes).
+
+    Parameters
+    ----------
+    wcs : astropy.wcs.WCS
+        Celestial WCS (:func:`make_wcs`).
+    size : int
+        Image side in pixels.
+    ndim : {2, 4}, optional
+        2-D image or ``(1, 1, size, size)`` layout with FREQ and STOKES axes.
+    freq_hz, beam_fwhm : float, optional
+        Frequency (Hz) and circular beam FWHM (deg).
+
+    Returns
+    -------
+    astropy.io.fits.Header
+    """
     hdr = fits.Header()
     hdr["SIMPLE"] = True
     hdr["BITPIX"] = -32
@@ -825,7 +843,7 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     # --- write the image strip by strip
     from scipy.ndimage import convolve1d
 
-    hdr = _header(wcs, size, ndim, FREQ_HZ, beam_fwhm)
+    hdr = make_header(wcs, size, ndim=ndim, beam_fwhm=beam_fwhm)
     tmp = paths["image.fits"] + ".part"
     exp_y = comp.ey
     with open(tmp, "wb") as fh:
