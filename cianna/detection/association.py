@@ -113,7 +113,7 @@ def strict_eligibility(dist: torch.Tensor, n: int, compat_zero_distance: bool = 
     selected = torch.zeros_like(dist, dtype=torch.bool)
     for _ in range(n):  # n ≤ nb_box selection rounds
         usable = ~selected & ((dist > 0) if compat_zero_distance else torch.ones_like(selected))
-        best = torch.where(usable, dist, torch.full_like(dist, 1e6)).min(dim=-1, keepdim=True).values
+        best = torch.where(usable, dist, torch.full_like(dist, 1e6)).amin(dim=-1, keepdim=True)
         selected |= ~selected & ((dist - best).abs() < 1e-3)
     return selected
 
@@ -265,7 +265,7 @@ def _associate(boxes, objectness, targets, config, grid, cell_size, mode, iterat
         else:
             free = ~taken[bidx, cell]                                        # (B, T, K)
             masked = torch.where(active[..., None] & eligible & free, table, torch.full_like(table, -math.inf))
-            val, kbest = masked.max(dim=-1)                                  # first max over boxes
+            val, kbest = masked.amax(dim=-1), masked.argmax(dim=-1)          # first max over boxes
             cand = val > -math.inf
             if not cand.any():
                 break
@@ -337,13 +337,13 @@ def _options(kk, bb, tt, best_val, table, taken, cell, tsize, priors, small_idx,
         small = torch.zeros(n, dtype=torch.bool, device=dev)
     if small.any():
         cand = torch.where(identical[None, :] & free, row, neg)
-        v, fk = cand.max(dim=-1)
+        v, fk = cand.amax(dim=-1), cand.argmax(dim=-1)
         kk = torch.where(small & (v > -math.inf), fk, kk)
     reassoc = ~use_rand & ~small & ((best_val < lim.low_IoU_best_box_assoc) | u_best)
     if reassoc.any():
         dist = dist_to_priors(ts)                                            # (n, K)
-        near = (dist - dist.min(dim=-1, keepdim=True).values).abs() < 1e-3
+        near = (dist - dist.amin(dim=-1, keepdim=True)).abs() < 1e-3
         cand = torch.where(near & free, row, neg)
-        v, bk = cand.max(dim=-1)
+        v, bk = cand.amax(dim=-1), cand.argmax(dim=-1)
         kk = torch.where(reassoc & (v > -math.inf), bk, kk)
     return kk

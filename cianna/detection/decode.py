@@ -177,7 +177,7 @@ def decode_predictions(output: torch.Tensor, config: YoloConfig, input_spatial, 
     elif score == "obj_x_prob":
         sc = obj * prob
     elif score == "obj_x_class":
-        sc = obj * (cls.max(dim=-1).values if nc else torch.ones_like(obj))
+        sc = obj * (cls.amax(dim=-1) if nc else torch.ones_like(obj))
     else:
         raise ValueError(f"unknown score {score!r}")
     cells = cell_coordinates(grid, output.device)

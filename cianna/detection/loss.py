@@ -118,7 +118,8 @@ class YoloLoss:
             See :func:`cianna.detection.association.associate`.
         """
         cfg = self.config
-        output = output.detach().float()
+        output = output.detach()
+        output = output if output.dtype == torch.float64 else output.float()
         grid, cell = grid_geometry(output.shape[2:], input_spatial)
         view = box_view(output, cfg)
         priors = cfg.prior_tensor(clamped=True).to(output.device)
