@@ -194,6 +194,8 @@ def encode_targets(catalogs, *, ndim: int, max_nb_obj_per_image: int, nb_param: 
             raise ValueError(f"image {i} has {m} objects > max_nb_obj_per_image = {max_nb_obj_per_image}")
         if flags[i] and m != 1:
             raise ValueError(f"class-only image {i} must have exactly one object, got {m}")
+        if m == 0:
+            continue  # empty image: n = 0, background loss only
         lo = np.zeros((m, 3))
         hi = np.ones((m, 3))
         lo[:, :ndim] = centres + 0.5 - sizes / 2
@@ -207,7 +209,7 @@ def encode_targets(catalogs, *, ndim: int, max_nb_obj_per_image: int, nb_param: 
         if diff_flag:
             dif = _column(cat, ("difficult",), required=False)
             obj.append((np.zeros(m) if dif is None else dif.reshape(m))[:, None])
-        obj = np.concatenate(obj, axis=1) if m else np.zeros((0, stride))
+        obj = np.concatenate(obj, axis=1)
         rows[i, 0] = -1 if flags[i] else m
         rows[i, 1:1 + m * stride] = obj.reshape(-1)
     return torch.from_numpy(rows)
