@@ -52,6 +52,7 @@ SDC1_NMS_THRESHOLDS = (0.05, -0.1, -0.3, -0.5)
 SDC1_NMS_SCORE_LIMITS = (1.0, 0.7, 0.5, 0.3)
 
 Threshold = Union[float, torch.Tensor]
+_SMALL = 512  # up to this many boxes, candidate_pairs yields all pairs
 
 
 def ladder_thresholds(scores: torch.Tensor, thresholds: Sequence[float] = SDC1_NMS_THRESHOLDS,
@@ -144,6 +145,10 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
     if n < 2:
         return
     dev = boxes.device
+    if n <= _SMALL:  # few boxes: all pairs, fewer (slow-to-launch) tensor ops than the grid
+        i, j = torch.triu_indices(n, n, 1, device=dev)
+        yield i, j
+        return
     lo, hi = boxes[:, :3].double(), boxes[:, 3:].double()
     centre = (lo + hi) * 0.5
     diag = (hi - lo).norm(dim=1)
