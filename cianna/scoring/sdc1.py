@@ -30,6 +30,7 @@ non-empty submission has *no* match, ska-sdc reports ``value = 0.0`` instead of 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import tempfile
@@ -79,7 +80,8 @@ def _is_numeric_line(line: str) -> bool:
 
 def _count_header_lines(path: str, max_lines: int = 200) -> int:
     n = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
         for line in fh:
             if _is_numeric_line(line):
                 return n
@@ -95,7 +97,7 @@ def read_sdc1_catalog(path: str | os.PathLike) -> Table:
     Parameters
     ----------
     path : str or os.PathLike
-        Whitespace-separated text file. Leading lines that are not 12+ numbers are skipped as header (none,
+        Whitespace-separated text file (``.gz`` compressed accepted). Leading lines that are not 12+ numbers are skipped as header (none,
         one ``#`` / column-name line, or the 18-line SKAO training-set header).
 
     Returns
@@ -117,17 +119,20 @@ def read_sdc1_catalog(path: str | os.PathLike) -> Table:
     skip = _count_header_lines(path)
     try:
         import pandas as pd
-        df = pd.read_csv(path, sep=r"\s+", skiprows=skip, header=None, comment="#", engine="c")
-        arr = df.to_numpy(dtype=float) if len(df) else np.empty((0, 12))
     except ImportError:  # pragma: no cover - pandas is present with ska-sdc
-        arr = np.loadtxt(path, skiprows=skip, ndmin=2)
+        pd = None
+    try:
+        if pd is None:  # pragma: no cover
+            arr = np.loadtxt(path, skiprows=skip, ndmin=2)
+        else:
+            df = pd.read_csv(path, sep=r"\s+", skiprows=skip, header=None, comment="#", engine="c")
+            arr = df.to_numpy(dtype=float) if len(df) else np.empty((0, 12))
     except ValueError as exc:
-        raise ValueError(f"{path}: non-numeric values in the SDC1 catalogue after {skip} header line(s)") from exc
-    except Exception as exc:  # pandas EmptyDataError
-        if type(exc).__name__ == "EmptyDataError":
+        if pd is not None and isinstance(exc, pd.errors.EmptyDataError):
             arr = np.empty((0, 12))
         else:
-            raise
+            raise ValueError(f"{path}: non-numeric values in the SDC1 catalogue after {skip} header line(s)") \
+                from exc
     if arr.ndim != 2 or (arr.size and arr.shape[1] < 12):
         raise ValueError(f"{path}: expected 12 (or 15) columns, found {arr.shape[1] if arr.ndim == 2 else 0}")
     table = _table_from_array(arr[:, :12] if arr.size else np.empty((0, 12)))
