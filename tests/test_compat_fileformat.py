@@ -698,3 +698,20 @@ def test_forward_file_errors(tmp_path):
     p = write_bytes(tmp_path, b"1 2 3 \n4 x 6 \n", "f.dat")
     with pytest.raises(CiannaFormatError, match="line 2"):
         read_forward_file(p, binary=False)
+
+
+def test_empty_and_absurd_files_fail_cleanly(tmp_path):
+    with pytest.raises(CiannaFormatError, match="truncated while reading header"):
+        read_cianna_file(write_bytes(tmp_path, b""))
+    with pytest.raises(CiannaFormatError, match="no layer"):
+        read_cianna_file(write_bytes(tmp_path, b"28x28x1x1\n\n"))
+    # huge but in-range dims: the dense weight block cannot be in the file -> truncated, no huge allocation
+    text = b"4096x4096x64x1\nD100000n0.000000d0.100000bLIN \n0 0 0\n"
+    with pytest.raises(CiannaFormatError, match=r"layer 0 \(dense\).*(truncated|implausible)"):
+        read_cianna_file(write_bytes(tmp_path, text))
+    data = struct.pack("<4i", 4096, 4096, 64, 1) + b"D" + struct.pack("<i2f", 100000, 0.0, 0.1) + b"LIN" + \
+        b"\0" * 37 + b"\0" * 64
+    with pytest.raises(CiannaFormatError, match=r"layer 0 \(dense\).*(truncated|implausible)"):
+        read_cianna_file(write_bytes(tmp_path, data))
+    with pytest.raises(CiannaFormatError, match="bad header"):
+        read_cianna_file(write_bytes(tmp_path, struct.pack("<4i", 1 << 30, 1, 1, 1) + b"P"))

@@ -867,6 +867,9 @@ class _TextCursor:
         """
         if n_rows < 0 or n_cols < 0 or n_rows * n_cols > _MAX_VALUES:
             self.err(f"{what}: implausible size {n_rows} x {n_cols}")
+        if len(self.lines) - self.pos < n_rows:  # cheap check before allocating
+            self.err(f"file truncated: {what}: expected {n_rows} lines of {n_cols} values, only "
+                     f"{len(self.lines) - self.pos} lines left in the file")
         out = np.empty((n_rows, n_cols), dtype=np.float32)
         for r in range(n_rows):
             self.skip_blank()
@@ -911,7 +914,7 @@ def _read_text(text: str, path, nb_layers: int, finite: bool) -> CiannaFile:
     while not cur.at_end() and (nb_layers <= 0 or i < nb_layers):
         cur.layer_index, cur.layer_type = i, None
         head = cur.line("layer header")
-        s = head.rstrip(" \r")
+        s = head.strip(" \t\r")
         tag = s[:1]
         if tag == "C":
             cur.layer_type = "conv"
