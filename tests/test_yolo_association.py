@@ -239,3 +239,18 @@ def test_batched_equals_single_images():
         one = run(c, boxes[b:b + 1], targets_from_rows(r[b:b + 1], 0), mode="complete")
         assert torch.equal(one.target_index[0], full.target_index[b])
         assert torch.equal(one.locked[0], full.locked[b])
+
+
+def test_good_box_lock_matches_brute_force():
+    from cianna.detection.association import good_box_lock
+    from cianna.detection.boxes import iou
+    g = torch.Generator().manual_seed(5)
+    lo = torch.rand(3, 6, 4, 3, generator=g) * 30
+    boxes = torch.cat([lo, lo + 1 + torch.rand(3, 6, 4, 3, generator=g) * 10], -1)
+    lo = torch.rand(3, 5, 3, generator=g) * 30
+    tb = torch.cat([lo, lo + 1 + torch.rand(3, 5, 3, generator=g) * 10], -1)
+    valid = torch.rand(3, 5, generator=g) > 0.3
+    for kind in ["IoU", "GIoU", "DIoU", "DIoU2"]:
+        for lim in [-0.3, 0.0, 0.1, 0.3]:
+            brute = ((iou(boxes[:, :, :, None], tb[:, None, None], kind) > lim) & valid[:, None, None]).any(-1)
+            assert torch.equal(good_box_lock(boxes, tb, valid, kind, lim), brute), (kind, lim)

@@ -33,10 +33,10 @@ from cianna.detection.boxes import iou, prior_distance
 from cianna.detection.config import YoloConfig
 from cianna.detection.targets import YoloTargets
 
-__all__ = ["Association", "associate", "target_cells", "strict_eligibility", "in_random_startup"]
+__all__ = ["Association", "associate", "good_box_lock", "target_cells", "strict_eligibility", "in_random_startup"]
 
 #: Budget (elements) of one chunk of the all-boxes × all-targets lock computation.
-_LOCK_CHUNK = 1 << 21
+_LOCK_CHUNK = 1 << 23
 
 
 @dataclass
@@ -118,16 +118,62 @@ def strict_eligibility(dist: torch.Tensor, n: int, compat_zero_distance: bool = 
     return selected
 
 
-def _lock(boxes: torch.Tensor, tboxes: torch.Tensor, valid: torch.Tensor, kind: str, lim: float) -> torch.Tensor:
-    """Good-but-not-best flag: box has IoU > ``lim`` with any target of its image. (B, S, K) bool."""
+def good_box_lock(boxes: torch.Tensor, tboxes: torch.Tensor, valid: torch.Tensor, kind: str,
+                  lim: float) -> torch.Tensor:
+    """Good-but-not-best flag (``yolo.md`` §7.2 step 2): IoU variant > ``lim`` with any target of the image.
+
+    Parameters
+    ----------
+    boxes : torch.Tensor, shape (B, S, K, 6)
+        Predicted corners.
+    tboxes : torch.Tensor, shape (B, T, 6)
+        Target corners.
+    valid : torch.Tensor, shape (B, T), bool
+    kind : str
+        IoU variant.
+    lim : float
+        ``good_IoU_lim``.
+
+    Returns
+    -------
+    torch.Tensor, shape (B, S, K), bool
+
+    Notes
+    -----
+    Every IoU variant is ≤ the plain IoU, so for ``lim ≥ 0`` the plain IoU (cheap, no division) selects
+    the candidate pairs and the variant is evaluated on those only.
+    """
     b, s, k, _ = boxes.shape
-    flat = boxes.reshape(b, s * k, 1, 6)
-    locked = torch.zeros(b, s * k, dtype=torch.bool, device=boxes.device)
+    flat = boxes.reshape(b, s * k, 6)
+    locked = torch.zeros(b * s * k, dtype=torch.bool, device=boxes.device)
     t = tboxes.shape[1]
-    chunk = max(1, _LOCK_CHUNK // max(1, b * s * k))
-    for t0 in range(0, t, chunk):  # memory chunks of targets, vectorised inside
-        val = iou(flat, tboxes[:, None, t0:t0 + chunk], kind) > lim
-        locked |= (val & valid[:, None, t0:t0 + chunk]).any(dim=-1)
+    if t == 0:
+        return locked.reshape(b, s, k)
+    if lim < 0:  # negative limits: even disjoint boxes may pass, evaluate every pair
+        chunk = max(1, _LOCK_CHUNK // max(1, b * s * k))
+        out = locked.reshape(b, s * k)
+        for t0 in range(0, t, chunk):  # memory chunks of targets, vectorised inside
+            hit = iou(flat[:, :, None], tboxes[:, None, t0:t0 + chunk], kind) > lim
+            out |= (hit & valid[:, None, t0:t0 + chunk]).any(dim=-1)
+        return out.reshape(b, s, k)
+    # lim ≥ 0 needs a positive overlap: dense test on x only, then sparse pairs
+    bx0, bx1 = flat[..., 0].contiguous(), flat[..., 3].contiguous()            # (B, SK)
+    tx0 = torch.where(valid, tboxes[..., 0], torch.full_like(tboxes[..., 0], math.inf)).contiguous()
+    tx1 = torch.where(valid, tboxes[..., 3], torch.full_like(tboxes[..., 3], -math.inf)).contiguous()
+    chunk = max(1, _LOCK_CHUNK // max(1, s * k * t))
+    for b0 in range(0, b, chunk):  # memory chunks of images, vectorised inside
+        sl = slice(b0, b0 + chunk)
+        xo = torch.minimum(bx1[sl, :, None], tx1[sl, None, :]) > torch.maximum(bx0[sl, :, None], tx0[sl, None, :])
+        bi, bj, tj = xo.nonzero(as_tuple=True)
+        bi = bi + b0
+        pb, pt = flat[bi, bj], tboxes[bi, tj]
+        if kind == "IoU":
+            inter = (torch.minimum(pb[:, 3:], pt[:, 3:]) - torch.maximum(pb[:, :3], pt[:, :3])).clamp(min=0).prod(-1)
+            union = (pb[:, 3:] - pb[:, :3]).prod(-1).abs() + (pt[:, 3:] - pt[:, :3]).prod(-1).abs() - inter
+            hit = (inter > lim * union) & (union > 0)
+        else:
+            hit = iou(pb, pt, kind) > lim
+        locked[(bi * (s * k) + bj)[hit]] = True
     return locked.reshape(b, s, k)
 
 
@@ -169,7 +215,7 @@ def _smallest_prior_identity(priors: torch.Tensor, compat: bool) -> tuple[int, t
 def associate(boxes: torch.Tensor, objectness: torch.Tensor, targets: YoloTargets, config: YoloConfig,
               grid: torch.Tensor, cell_size: torch.Tensor, *, mode: str = "train",
               iteration: int | None = None, train_size: int = 1,
-              generator: torch.Generator | None = None) -> Association:
+              generator: torch.Generator | None = None, lock: torch.Tensor | None = None) -> Association:
     """Associate targets with predicted boxes (``yolo.md`` §7.2).
 
     Parameters
@@ -192,6 +238,8 @@ def associate(boxes: torch.Tensor, objectness: torch.Tensor, targets: YoloTarget
         Images per iteration.
     generator : torch.Generator, optional
         CPU generator for the random options (``mode="train"`` only).
+    lock : torch.Tensor, shape (B, S, K), bool, optional
+        Precomputed :func:`good_box_lock` (shared by the training and display passes).
 
     Returns
     -------
@@ -201,10 +249,10 @@ def associate(boxes: torch.Tensor, objectness: torch.Tensor, targets: YoloTarget
         raise ValueError(f"mode must be 'train', 'complete' or 'natural', got {mode!r}")
     with torch.no_grad():
         return _associate(boxes.detach().float(), objectness.detach().float(), targets, config, grid,
-                          cell_size, mode, iteration, train_size, generator)
+                          cell_size, mode, iteration, train_size, generator, lock)
 
 
-def _associate(boxes, objectness, targets, config, grid, cell_size, mode, iteration, train_size, generator):
+def _associate(boxes, objectness, targets, config, grid, cell_size, mode, iteration, train_size, generator, lock):
     dev = boxes.device
     b, s, k, _ = boxes.shape
     lim = config.iou_limits()
@@ -221,7 +269,7 @@ def _associate(boxes, objectness, targets, config, grid, cell_size, mode, iterat
     iou_star = torch.zeros(b, s, k, device=dev)
     diff_out = torch.zeros(b, s, k, dtype=torch.long, device=dev)
     taken = torch.zeros(b, s, k, dtype=torch.bool, device=dev)
-    locked1 = _lock(boxes, tb, valid, kind, lim.good_IoU_lim) if t_used else taken.clone()
+    locked1 = good_box_lock(boxes, tb, valid, kind, lim.good_IoU_lim) if lock is None else lock.to(dev)
     if t_used == 0:
         return Association(target_index, iou_star, locked1.long(), diff_out)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cianna.detection.association import Association, associate
+from cianna.detection.association import Association, associate, good_box_lock
 from cianna.detection.config import YoloConfig
 from cianna.detection.decode import box_view, cell_coordinates, grid_geometry, predicted_boxes, unview
 from cianna.detection.targets import YoloTargets
@@ -125,12 +125,14 @@ class YoloLoss:
         priors = cfg.prior_tensor(clamped=True).to(output.device)
         boxes = predicted_boxes(view, priors, grid, cell)
         obj = view[..., 7]
-        display = associate(boxes, obj, targets, cfg, grid, cell, mode=cfg.error_type)
+        lock = good_box_lock(boxes, targets.boxes.to(boxes), targets.valid.to(boxes.device), cfg.IoU_type,
+                             self.limits.good_IoU_lim)
+        display = associate(boxes, obj, targets, cfg, grid, cell, mode=cfg.error_type, lock=lock)
         disp_terms = self.terms(view, _Encoded(view, targets, display, priors, grid, cell),
                                 natural=cfg.error_type == "natural")
         if training:
             assoc = associate(boxes, obj, targets, cfg, grid, cell, mode="train", iteration=iteration,
-                              train_size=train_size, generator=generator)
+                              train_size=train_size, generator=generator, lock=lock)
             terms = self.terms(view, _Encoded(view, targets, assoc, priors, grid, cell), natural=False)
         else:
             assoc, terms = display, disp_terms
