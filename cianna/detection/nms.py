@@ -13,9 +13,9 @@ Thresholds may be negative (then non-overlapping boxes with close centres are su
 Algorithm and complexity
 ------------------------
 1. *Candidate pairs.* For a finite interaction reach (:func:`interaction_reach`: every pair that can
-   suppress has a centre distance ``ρ ≤ f·(d_i + d_j)/2`` with ``d`` the box diagonals), pairs are
-   found by hashing box centres into a grid of cell ``f·max(d)`` and looking at the 14 half-neighbour
-   cells: ``O(N log N + P)`` time with ``P`` the number of pairs in neighbouring cells, memory bounded
+   suppress has a centre distance ``ρ ≤ f·‖max(s_i, s_j)‖``, ``s`` the size vectors, element-wise max),
+   pairs are found by hashing box centres into a grid of cell ``f·max‖s‖`` and looking at the 14
+   half-neighbour cells (up to 512 boxes: all pairs): ``O(N log N + P)`` time with ``P`` the number of pairs in neighbouring cells, memory bounded
    by ``pair_chunk``. Only pairs with ``overlap > T`` become *suppression edges*.
 2. *Greedy resolution* on the sparse edge graph by rounds (vectorised): boxes without a live
    incoming edge are kept, their targets removed, dead edges pruned. The result is exactly the
@@ -86,12 +86,12 @@ def ladder_thresholds(scores: torch.Tensor, thresholds: Sequence[float] = SDC1_N
 
 
 def interaction_reach(kind: str, threshold: float) -> float:
-    """Reach factor ``f`` such that ``overlap(a, b) > threshold`` implies ``ρ ≤ f·(d_a + d_b)/2``.
+    """Reach factor ``f`` such that ``overlap(a, b) > threshold`` implies ``ρ ≤ f·H``, ``H = ‖max(s_a, s_b)‖``.
 
-    ``ρ`` is the centre distance and ``d`` the box diagonal. Derivation: overlapping boxes have
-    ``ρ < (d_a + d_b)/2``; for disjoint boxes ``I = 0`` and the enclosing diagonal obeys
-    ``c ≤ ρ + (d_a + d_b)/2``, so ``DIoU = −ρ/c > t`` needs ``ρ < a·h/(1 − a)`` with ``a = −t``,
-    ``h = (d_a + d_b)/2``; ``DIoU2`` likewise with ``a = √(−t)``.
+    ``ρ`` is the centre distance, ``s`` the size vectors (element-wise max). Derivation: overlapping
+    boxes have ``|Δ_d| < (s_a,d + s_b,d)/2`` in every dim, so ``ρ < H``; the enclosing extent per dim is
+    at most ``|Δ_d| + max(s_a,d, s_b,d)``, so ``c ≤ ρ + H`` and, for disjoint boxes (``I = 0``),
+    ``DIoU = −ρ/c > t`` needs ``ρ < a·H/(1 − a)`` with ``a = −t``; ``DIoU2`` likewise with ``a = √(−t)``.
 
     Parameters
     ----------
@@ -125,8 +125,8 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield index pairs ``(i, j)``, ``i != j``, of boxes whose centres may interact.
 
-    Every unordered pair with ``ρ ≤ reach·(d_i + d_j)/2`` is yielded exactly once (in an
-    unspecified orientation); further pairs from neighbouring grid cells may be yielded too.
+    Every unordered pair with ``ρ ≤ reach·‖max(s_i, s_j)‖`` (centre distance, size vectors) is yielded
+    exactly once (in an unspecified orientation); further pairs may be yielded too.
 
     Parameters
     ----------
@@ -151,7 +151,7 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
         return
     lo, hi = boxes[:, :3].double(), boxes[:, 3:].double()
     centre = (lo + hi) * 0.5
-    diag = (hi - lo).norm(dim=1)
+    diag = (hi - lo).abs().norm(dim=1)
     cell = reach * float(diag.max()) * (1 + 1e-6) + 1e-9
     span = (centre.max(0).values - centre.min(0).values)
     while float(torch.prod(torch.floor(span / cell) + 3)) > 2.0 ** 60:
@@ -247,7 +247,7 @@ def _edges_sparse(b, same_t, diff_t, cls, kind, reach, pair_chunk, need_overlap)
             near = ((torch.minimum(bs[:, 3:], bd[:, 3:]) - torch.maximum(bs[:, :3], bd[:, :3])) >= 0).all(dim=1)
         else:
             rho2 = ((bs[:, :3] + bs[:, 3:] - bd[:, :3] - bd[:, 3:]) * 0.5).pow(2).sum(dim=1)
-            h = ((bs[:, 3:] - bs[:, :3]).norm(dim=1) + (bd[:, 3:] - bd[:, :3]).norm(dim=1)) * (0.5 * reach)
+            h = torch.maximum((bs[:, 3:] - bs[:, :3]).abs(), (bd[:, 3:] - bd[:, :3]).abs()).norm(dim=1) * reach
             near = rho2 <= (h * (1 + 1e-5) + 1e-6).pow(2)
         s, d, bs, bd = s[near], d[near], bs[near], bd[near]
         t = same_t[d]
