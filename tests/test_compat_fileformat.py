@@ -553,7 +553,8 @@ def test_truncated_text_names_file_and_layer(tmp_path):
     text = ref("mnist_tiny_txt.dat").read_text()
     cut = text.index("P2x2x1", 100) - 30
     p = write_bytes(tmp_path, (text[:cut] + "\n" + text[text.index("P2x2x1", 100):]).encode())
-    with pytest.raises(CiannaFormatError, match=r"layer 0 \(conv\): line 10: .*line 8 of 8 has \d+ values, expected 26"):
+    with pytest.raises(CiannaFormatError,
+                       match=r"layer 0 \(conv\): line 10: .*line 8 of 8 has \d+ values, expected 26"):
         read_cianna_file(p)
 
 

@@ -236,3 +236,12 @@ def test_conv_after_dense_uses_stored_prev_size():
     back = from_network(net)
     assert back.layers[1].prev_size == (3, 2, 1) and back.layers[1].prev_depth == 2
     np.testing.assert_array_equal(back.layers[1].weights, cf.layers[1].weights)
+
+
+def test_partial_load_for_transfer_learning():
+    net = load_cianna(REF / "mnist_tiny_bin.dat", nb_layers=4)
+    assert len(net.layers) == 4 and net.output_shape == (16, 7, 7)
+    net.dense(3, activation="SMAX")  # new layers may be appended
+    x = torch.from_numpy(np.load(REF / "mnist_tiny_input.npy")[:2])
+    with torch.no_grad():
+        assert net(x).shape == (2, 3)
