@@ -206,7 +206,9 @@ class Network(nn.Module):
     def _apply_quirks(self) -> None:
         for prev, layer in zip(self.layers[:-1], self.layers[1:]):
             if layer.kind == "dense":
-                zero = (self.dense_pivot_zeroing and prev.kind == "dense" and prev.activation.name != "LIN")
+                # the pivot survives only a linear activation, and only if it was non-zero at the input
+                zero = (self.dense_pivot_zeroing and prev.kind == "dense"
+                        and (prev.activation.name != "LIN" or prev.bias_input_scale == 0.0))
                 layer.bias_input_scale = 0.0 if zero else 1.0
 
     def set_quirks(self, *, dense_pivot_zeroing: bool | None = None, full_window_avg_grad: bool | None = None):
