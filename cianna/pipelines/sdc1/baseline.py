@@ -20,6 +20,7 @@ PyBDSF's own log file goes to a temporary directory (``outdir``), never next to 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import logging
 import os
@@ -124,7 +125,13 @@ def run_pybdsf(image: str | os.PathLike, *, beam: tuple[float, float, float] | N
         if frequency is not None:
             kwargs["frequency"] = frequency
         kwargs.update(bdsf_kwargs)
-        img = bdsf.process_image(image, **kwargs)
+        # PyBDSF calls gc.collect() after every step (~0.5 s each in a large interpreter); freezing the
+        # objects that exist already makes those collections scan only PyBDSF's own objects.
+        gc.freeze()
+        try:
+            img = bdsf.process_image(image, **kwargs)
+        finally:
+            gc.unfreeze()
         cat_path = os.path.join(tmp, "srl.fits")
         n = getattr(img, "nsrc", None)
         if not n:
