@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cianna.detection.boxes import as_3d
 from cianna.detection.nms import non_max_suppression
 from cianna.detection.tiling import iter_tiles, merge_tile_borders, predict_tiled, tile_grid
 
@@ -213,3 +214,56 @@ def test_merge_tile_borders_rules():
     # (box 1 is 11 px from its tile edge, box 2 only 10 px)
     keep = merge_tile_borders(boxes[1:3], torch.tensor([0.5, 0.5]), torch.tensor([0, 1]), g)
     assert keep.tolist() == [True, False]
+
+
+def test_real_yolo_network_tiled_equals_full_image():
+    """A fully convolutional cianna YOLO network (zero biases, so zero-filled borders act as zero padding)
+    gives the same detections tiled as in one full-image pass once the tile cells whose receptive field
+    crosses the tile edge are dropped (3 cells = 12 px > receptive-field radius)."""
+    from cianna.detection.config import YoloConfig
+    from cianna.detection.decode import decode_predictions
+    from cianna.detection.yolo_activation import YoloActivation
+    from cianna.nn import Network
+
+    cfg = YoloConfig(nb_box=1, priors=[[12.0], [12.0]], IoU_type="DIoU", prior_dist_type="OFFSET")
+
+    def build(size):
+        net = Network((1, size, size), seed=0)
+        return net.conv(4, 3, padding=1).pool(2).conv(8, 3, padding=1).pool(2).conv(
+            8, 1, activation=YoloActivation(cfg))
+
+    full_net = build(512)
+    g = torch.Generator().manual_seed(0)
+    convs = [layer for layer in full_net.layers if layer.kind == "conv"]
+    with torch.no_grad():
+        for layer in convs:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 0.2)
+            layer.bias_weight.zero_()
+        for layer in convs[:2]:  # channel 0 carries the image; other channels random
+            layer.weight[0].zero_()
+            layer.weight[0, 0, 1, 1] = 1.0
+        convs[2].weight[7].zero_()
+        convs[2].weight[7, 0] = 1.0  # objectness = sigmoid(max-pooled image), unsaturated: no score ties
+    tile_net = build(128)
+    tile_net.load_state_dict(full_net.state_dict())
+
+    def detect(net, x, margin_cells):
+        out = net(x)
+        res = decode_predictions(out, cfg, x.shape[2:], score_threshold=0.75, pixel_convention="cianna")
+        n = out.shape[-1]
+        keep = [((r["cell"][:, :2] >= margin_cells) & (r["cell"][:, :2] < n - margin_cells)).all(1) for r in res]
+        return [(r["boxes"][k], r["scores"][k], r["cell"][k]) for r, k in zip(res, keep)]
+
+    img = point_sources((512, 512), 60, seed=4, edge=24, min_sep=40.0)
+    with torch.no_grad():
+        boxes, scores, _ = detect(full_net, torch.from_numpy(img)[None, None], 0)[0]
+    keep = non_max_suppression(boxes, scores, -0.3, kind="DIoU")
+    ref_b, ref_s = as_3d(boxes[keep]).double(), scores[keep].double()
+    kw = dict(nms_threshold=-0.3, border_threshold=-0.3, batch_size=6, progress=False)
+    det = predict_tiled(img, lambda x: detect(tile_net, x, 3), 128, 32, **kw)
+    raw = predict_tiled(img, lambda x: detect(tile_net, x, 3), 128, 32, **{**kw, "border_threshold": None})
+    assert len(det) == len(ref_s) >= 50 and len(raw) > len(det) + 10
+    j = torch.cdist(ref_b[:, :2], det.boxes[:, :2].double()).argmin(dim=1)
+    assert sorted(j.tolist()) == list(range(len(j)))
+    assert torch.allclose(det.boxes[j].double(), ref_b, atol=1e-3)
+    assert torch.allclose(det.scores[j].double(), ref_s, atol=1e-6)
