@@ -267,3 +267,28 @@ def test_real_yolo_network_tiled_equals_full_image():
     assert sorted(j.tolist()) == list(range(len(j)))
     assert torch.allclose(det.boxes[j].double(), ref_b, atol=1e-3)
     assert torch.allclose(det.scores[j].double(), ref_s, atol=1e-6)
+
+
+@pytest.mark.parametrize("threshold,kind", [(-0.15, "DIoU"), (0.2, "IoU")])
+def test_merge_tile_borders_matches_bruteforce(threshold, kind):
+    from cianna.detection.boxes import pairwise_iou
+    g = tile_grid((900, 700), (256, 200), (48, 40))
+    gen = torch.Generator().manual_seed(1)
+    n = 1000
+    tile = torch.randint(0, len(g), (n,), generator=gen)
+    size_xy = torch.tensor(g.tile_size[::-1], dtype=torch.float64)
+    centre = g.starts_xyz()[tile, :2] + torch.rand(n, 2, generator=gen, dtype=torch.float64) * size_xy
+    half = torch.rand(n, 2, generator=gen, dtype=torch.float64) * 18 + 2
+    boxes = torch.zeros(n, 6, dtype=torch.float64)
+    boxes[:, :2], boxes[:, 3:5], boxes[:, 5] = centre - half, centre + half, 1.0
+    scores = torch.rand(n, generator=gen, dtype=torch.float64)
+    keep = merge_tile_borders(boxes, scores, tile, g, threshold=threshold, kind=kind)
+    lo = boxes[:, :2] - g.starts_xyz()[tile, :2]
+    hi = boxes[:, 3:5] - g.starts_xyz()[tile, :2]
+    margin = torch.tensor(g.overlap[::-1], dtype=torch.float64)
+    core = ((lo > margin) & (hi < size_xy - margin)).all(dim=1)
+    hit = (pairwise_iou(boxes, boxes, kind) > threshold) & (tile[:, None] != tile[None, :])
+    beaten = (hit & (scores[None, :] > scores[:, None])).any(dim=1)  # row i beaten by a better column j
+    ref = core | ~beaten
+    assert torch.equal(keep, ref)
+    assert 30 < int((~ref).sum()) and int(core.sum()) > 100

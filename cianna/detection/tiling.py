@@ -295,8 +295,9 @@ def merge_tile_borders(boxes: torch.Tensor, scores: torch.Tensor, tile: torch.Te
 
     Notes
     -----
-    Pairs are found with the spatial hash of :func:`cianna.detection.nms.candidate_pairs`:
-    ``O(N log N + P)``; the rule is not greedy (a box outranked by a dropped box is dropped too).
+    Pairs are found with the spatial hash of :func:`cianna.detection.nms.candidate_pairs` among the
+    boxes that are not deep inside their tile core: ``O(N log N + P)``. The rule is not greedy (a box
+    outranked by a dropped box is dropped too), as in SDC1.
     """
     b = as_3d(boxes).double()
     n = b.shape[0]
@@ -318,7 +319,14 @@ def merge_tile_borders(boxes: torch.Tensor, scores: torch.Tensor, tile: torch.Te
     reach = interaction_reach(kind, threshold)
     if not math.isfinite(reach):
         raise ValueError(f"threshold {threshold} with kind {kind!r} has an unbounded reach")
-    for i, j in candidate_pairs(b, reach):
+    # boxes deep inside their core cannot meet a box of another tile whose centre lies in that tile
+    sz = (b[:, 3:] - b[:, :3]).abs()
+    r = reach * float(sz.norm(dim=1).max())
+    deep = core & ((lo > margin[:d] + r) & (hi < size[:d] - margin[:d] - r)).all(dim=1)
+    own = ((centre >= 0) & (centre < size[:d])).all(dim=1)
+    sub = (~deep).nonzero().squeeze(1) if bool(own.all()) else torch.arange(n)
+    for i, j in candidate_pairs(b[sub], reach):
+        i, j = sub[i], sub[j]
         sel = (tile[i] != tile[j]) & ~(core[i] & core[j])
         i, j = i[sel], j[sel]
         hit = iou(b[i], b[j], kind) > threshold
