@@ -409,6 +409,8 @@ def predict_tiled(array, predict_fn: PredictFn, tile_size: IntOrSeq, overlap: In
         n_done = 0
         for batch in iter_tiles(array, grid, batch_size, skip_empty=skip_empty, device=device):
             results = predict_fn(batch.tiles)
+            if len(results) != len(batch.index):
+                raise ValueError(f"predict_fn returned {len(results)} results for {len(batch.index)} tiles")
             for r, k, valid in zip(results, batch.index.tolist(), batch.valid):
                 bx, sc, ex = (list(r) + [None])[:3]
                 bx = as_3d(torch.as_tensor(bx)).detach().cpu().double().reshape(-1, 6)
@@ -438,14 +440,13 @@ def predict_tiled(array, predict_fn: PredictFn, tile_size: IntOrSeq, overlap: In
         raise ValueError("predict_fn returned extra values with different widths")
     extra = torch.cat([e.double() if len(e) else torch.zeros(0, kk, dtype=torch.float64) for e in out_e])
     log.info("tiled prediction: %d tiles, %d detections before border merging", len(grid), len(scores))
-    keep = torch.ones(len(scores), dtype=torch.bool)
-    if border_threshold is not None:
-        keep &= merge_tile_borders(boxes, scores, tiles, grid, threshold=border_threshold,
-                                   kind=border_kind or nms_kind)
-    if clip_to_array:
+    idx = torch.arange(len(scores))
+    if clip_to_array:  # before merging, so that outside boxes cannot suppress inside ones
         c = (boxes[:, :d] + boxes[:, 3:3 + d]) * 0.5
-        keep &= ((c >= 0) & (c < torch.tensor(spatial[::-1], dtype=c.dtype))).all(dim=1)
-    order = torch.sort(scores[keep], descending=True, stable=True).indices
-    idx = keep.nonzero().squeeze(1)[order]
+        idx = idx[((c >= 0) & (c < torch.tensor(spatial[::-1], dtype=c.dtype))).all(dim=1)]
+    if border_threshold is not None:
+        idx = idx[merge_tile_borders(boxes[idx], scores[idx], tiles[idx], grid, threshold=border_threshold,
+                                     kind=border_kind or nms_kind)]
+    idx = idx[torch.sort(scores[idx], descending=True, stable=True).indices]
     return TiledDetections(boxes[idx].float(), scores[idx].float(), extra[idx].float(), tiles[idx], grid)
 
