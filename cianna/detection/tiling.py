@@ -291,7 +291,7 @@ def merge_tile_borders(boxes: torch.Tensor, scores: torch.Tensor, tile: torch.Te
     Returns
     -------
     torch.Tensor of bool, shape (N,)
-        Keep mask.
+        Keep mask (on the CPU).
 
     Notes
     -----
@@ -299,7 +299,9 @@ def merge_tile_borders(boxes: torch.Tensor, scores: torch.Tensor, tile: torch.Te
     boxes that are not deep inside their tile core: ``O(N log N + P)``. The rule is not greedy (a box
     outranked by a dropped box is dropped too), as in SDC1.
     """
-    b = as_3d(boxes).double()
+    b = as_3d(torch.as_tensor(boxes)).detach().double().cpu()  # small work: done on the CPU
+    scores = torch.as_tensor(scores).detach().cpu()
+    tile = torch.as_tensor(tile).detach().cpu().long()
     n = b.shape[0]
     keep = torch.ones(n, dtype=torch.bool)
     if n < 2:
