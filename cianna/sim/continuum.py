@@ -722,7 +722,7 @@ def make_header(wcs: WCS, size: int, *, ndim: int = 2, freq_hz: float = FREQ_HZ,
 
 
 def _pb_image(wcs: WCS, size: int, center, null_radius, npix: int, pixel_size: float):
-    pw = make_wcs(npix, center=center, pixel_size=pixel_size * size / (npix - 1))
+    pw = make_wcs(npix, center=center, pixel_size=pixel_size * (size + 8) / (npix - 1))  # 4 px margin
     yy, xx = np.mgrid[0:npix, 0:npix]
     ra, dec = pw.all_pix2world(xx, yy, 0)
     data = primary_beam(_separation_deg(ra, dec, *center), null_radius).astype(np.float32)
