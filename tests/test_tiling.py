@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cianna.detection.boxes import as_3d
-from cianna.detection.nms import non_max_suppression
+from cianna.detection.nms import ladder_thresholds, non_max_suppression
 from cianna.detection.tiling import iter_tiles, merge_tile_borders, predict_tiled, tile_grid
 
 
@@ -144,14 +144,22 @@ def test_global_coordinates_round_trip():
     assert len(raw) > 1 and torch.all(raw.boxes == det.boxes[0])  # same global box from every tile
 
 
-@pytest.mark.parametrize("tile,overlap,origin", [((128, 128), (32, 32), "centered"),
-                                                  ((100, 90), (24, 20), "centered"),
-                                                  ((96, 128), (16, 40), (40, 10))])
-def test_tiled_equals_full_image_2d(tile, overlap, origin):
+def sdc1_ladder(boxes, scores, extra):
+    return ladder_thresholds(scores / 5.0)  # peak values in [1, 5] -> objectness-like [0.2, 1]
+
+
+@pytest.mark.parametrize("tile,overlap,origin,nms", [((128, 128), (32, 32), "centered", 0.3),
+                                                      ((100, 90), (24, 20), "centered", 0.3),
+                                                      ((96, 128), (16, 40), (40, 10), sdc1_ladder)])
+def test_tiled_equals_full_image_2d(tile, overlap, origin, nms):
     img = point_sources((512, 512), 260, seed=1)
     predict = local_max_detector(margin=6)
-    ref = as_set(*full_pass(img, predict))
-    det = predict_tiled(img, predict, tile, overlap, origin=origin, batch_size=5, progress=False)
+    boxes, scores, extra = predict(torch.from_numpy(img)[None, None])[0]
+    thr = nms(boxes, scores, extra) if callable(nms) else nms
+    keep = non_max_suppression(boxes, scores, thr, kind="DIoU")
+    ref = as_set(boxes[keep], scores[keep])
+    det = predict_tiled(img, predict, tile, overlap, origin=origin, batch_size=5, progress=False,
+                        nms_threshold=nms)
     assert as_set(det.boxes, det.scores) == ref
     assert det.extra.shape == (len(det), 1)
     assert torch.all(det.scores[:-1] >= det.scores[1:])
