@@ -192,6 +192,9 @@ def write_sdc1_catalog(table: Any, path: str | os.PathLike, *, header: bool = Fa
                 fh.write("# " + " ".join(CAT_COLUMNS) + "\n")
             if len(arr):
                 np.savetxt(fh, arr, fmt=SDC1_FORMAT)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)          # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
