@@ -26,8 +26,10 @@ Algorithm and complexity
    a blocked exact greedy is used instead: blocks of ``block_size`` boxes tested against the boxes
    kept so far, ``O(N·K)`` time for ``K`` kept boxes, ``O(block_size·(block_size + K))`` memory (chunked).
 
-The dense ``N × N`` matrix is never built. Measured on one CPU thread (torch 2.13): 50 000 2D
-boxes in 4000² px, 0.1 s; 700 000 boxes over a 32768² map with the SDC1 ladder, ≈ 13 s.
+The dense ``N × N`` matrix is never built. Measured on one shared CPU thread (torch 2.13, 2D boxes
+of 4–24 px): 10 000 boxes in 4000² px, 0.1 s; 50 000 in 4000² px, 0.7 s (0.9 s with the SDC1
+ladder); 50 000 crowded in 1000² px, 3 s (6 s with the ladder); 700 000 over a 32768² map with the
+ladder, ≈ 13 s.
 Exact score ties are broken by input order.
 """
 from __future__ import annotations
@@ -124,12 +126,13 @@ def _cell_keys(q: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
     return (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]
 
 
-def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 << 20
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 << 20,
+                    overlap_only: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield index pairs ``(i, j)``, ``i != j``, of boxes whose centres may interact.
 
-    Every unordered pair with ``ρ ≤ reach·‖max(s_i, s_j)‖`` (centre distance, size vectors) is yielded
-    exactly once (in an unspecified orientation); further pairs may be yielded too.
+    Every unordered pair with ``ρ ≤ reach·‖max(s_i, s_j)‖`` (centre distance, size vectors) — or, with
+    ``overlap_only``, every pair of boxes overlapping in every dim — is yielded exactly once (in an
+    unspecified orientation); further pairs may be yielded too.
 
     Parameters
     ----------
@@ -139,6 +142,9 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
         Finite reach factor (:func:`interaction_reach`).
     pair_chunk : int
         Maximum number of pairs per yielded chunk (memory bound).
+    overlap_only : bool
+        Only overlapping pairs are needed (thresholds ≥ 0): grid cells sized by the largest extent per
+        dim instead of ``reach`` × the largest diagonal (fewer candidates).
 
     Yields
     ------
@@ -154,8 +160,12 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
         return
     lo, hi = boxes[:, :3].double(), boxes[:, 3:].double()
     centre = (lo + hi) * 0.5
-    diag = (hi - lo).abs().norm(dim=1)
-    cell = reach * float(diag.max()) * (1 + 1e-6) + 1e-9
+    ext = (hi - lo).abs()
+    if overlap_only:
+        cell = ext.max(0).values * (1 + 1e-6) + 1e-9
+    else:
+        cell = torch.full((3,), reach * float(ext.norm(dim=1).max()) * (1 + 1e-6) + 1e-9, dtype=torch.float64,
+                          device=dev)
     span = (centre.max(0).values - centre.min(0).values)
     while float(torch.prod(torch.floor(span / cell) + 3)) > 2.0 ** 60:
         cell *= 2.0
@@ -163,7 +173,9 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
     dims = q.max(0).values + 2
     keys = _cell_keys(q, dims)
     skeys, perm = torch.sort(keys)
-    offsets = [o for o in itertools.product((-1, 0, 1), repeat=3) if o >= (0, 0, 0)]
+    flat = (dims <= 3).tolist()  # dims with a single cell: no neighbour offsets there
+    offsets = [o for o in itertools.product((-1, 0, 1), repeat=3)
+               if o >= (0, 0, 0) and not any(f and v for f, v in zip(flat, o))]
     for o in offsets:
         nkeys = _cell_keys(q[perm] + torch.tensor(o, device=dev), dims)
         start = torch.searchsorted(skeys, nkeys, right=False)
@@ -183,7 +195,8 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
             if m:
                 rows = torch.repeat_interleave(torch.arange(first, last, device=dev), cnt)
                 within = torch.arange(m, device=dev) - (torch.cumsum(cnt, 0) - cnt).repeat_interleave(cnt)
-                yield perm[rows], perm[start[rows] + within]
+                sel = start.index_select(0, rows) + within
+                yield perm.index_select(0, rows), perm.index_select(0, sel)
             first = last
 
 
@@ -243,20 +256,22 @@ def _as_per_box(thr: Optional[Threshold], n: int, ref: torch.Tensor) -> Optional
 
 def _edges_sparse(b, same_t, diff_t, cls, kind, reach, pair_chunk, need_overlap):
     srcs, dsts = [], []
-    for i, j in candidate_pairs(b, reach, pair_chunk=pair_chunk):
+    for i, j in candidate_pairs(b, reach, pair_chunk=pair_chunk, overlap_only=need_overlap):
         s, d = torch.minimum(i, j), torch.maximum(i, j)  # ranks: s has the higher score
-        bs, bd = b[s], b[d]
+        bs, bd = b.index_select(0, s), b.index_select(0, d)
         if need_overlap:  # threshold >= 0: suppression needs an overlap in every dim
             near = ((torch.minimum(bs[:, 3:], bd[:, 3:]) - torch.maximum(bs[:, :3], bd[:, :3])) >= 0).all(dim=1)
         else:
             rho2 = ((bs[:, :3] + bs[:, 3:] - bd[:, :3] - bd[:, 3:]) * 0.5).pow(2).sum(dim=1)
             h = torch.maximum((bs[:, 3:] - bs[:, :3]).abs(), (bd[:, 3:] - bd[:, :3]).abs()).norm(dim=1) * reach
             near = rho2 <= (h * (1 + 1e-5) + 1e-6).pow(2)
-        s, d, bs, bd = s[near], d[near], bs[near], bd[near]
-        t = same_t[d]
+        k = near.nonzero().squeeze(1)
+        s, d, bs, bd = s.index_select(0, k), d.index_select(0, k), bs.index_select(0, k), bd.index_select(0, k)
+        t = same_t.index_select(0, d)
         if cls is not None:
-            same = cls[s] == cls[d]
-            t = torch.where(same, t, diff_t[d]) if diff_t is not None else torch.where(same, t, math.inf)
+            same = cls.index_select(0, s) == cls.index_select(0, d)
+            t = torch.where(same, t, diff_t.index_select(0, d)) if diff_t is not None else \
+                torch.where(same, t, math.inf)
         hit = iou(bs, bd, kind) > t
         srcs.append(s[hit])
         dsts.append(d[hit])
