@@ -29,7 +29,7 @@ Algorithm and complexity
 The dense ``N × N`` matrix is never built. Measured on one shared CPU thread (torch 2.13, 2D boxes
 of 4–24 px): 10 000 boxes in 4000² px, 0.1 s; 50 000 in 4000² px, 0.7 s (0.9 s with the SDC1
 ladder); 50 000 crowded in 1000² px, 3 s (6 s with the ladder); 700 000 over a 32768² map with the
-ladder, ≈ 13 s.
+ladder, ≈ 7.5 s.
 Exact score ties are broken by input order.
 """
 from __future__ import annotations
