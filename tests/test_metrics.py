@@ -29,6 +29,10 @@ def test_perfect_detections():
     assert c.average_precision() == pytest.approx(1.0)
     cp = completeness_purity((T, torch.ones(3)), (T,))
     assert (cp.completeness, cp.purity, cp.f1, cp.n_match) == (1.0, 1.0, 1.0, 3)
+    cp = completeness_purity((T.numpy(), np.ones(3)), (T.numpy(),))  # numpy inputs, one image
+    assert (cp.n_match, cp.n_true, cp.n_det) == (3, 3, 3)
+    cp = completeness_purity([(T, torch.ones(3)), (T[:1], torch.ones(1))], [(T,), (T,)])  # two images
+    assert (cp.n_match, cp.n_true, cp.n_det) == (4, 6, 4)
 
 
 def test_known_pr_curve():

@@ -300,3 +300,12 @@ def test_merge_tile_borders_matches_bruteforce(threshold, kind):
     ref = core | ~beaten
     assert torch.equal(keep, ref)
     assert 30 < int((~ref).sum()) and int(core.sum()) > 100
+
+
+def test_tiled_equals_full_spectrum_1d():
+    spec = point_sources((3000,), 80, seed=5, min_sep=14.0)
+    predict = local_max_detector(margin=6)
+    ref = as_set(*full_pass(spec, predict))
+    det = predict_tiled(spec, predict, 256, 40, batch_size=4, progress=False)
+    assert as_set(det.boxes, det.scores) == ref and len(ref) == 80
+    assert torch.all(det.boxes[:, [1, 2]] == 0) and torch.all(det.boxes[:, [4, 5]] == 1)

@@ -203,6 +203,11 @@ def _unpack(item: Item, names: Sequence[str]) -> list:
     return item[:len(names)]
 
 
+def _single_image(item) -> bool:
+    """A mapping, or a tuple whose first element is a 2D box array (not a list of images)."""
+    return isinstance(item, Mapping) or (len(item) > 0 and getattr(item[0], "ndim", None) == 2)
+
+
 def _boxes(x) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.numel() == 0:
@@ -385,7 +390,7 @@ def completeness_purity(predictions: Union[Item, Sequence[Item]], targets: Union
     -------
     DetectionCounts
     """
-    if isinstance(predictions, Mapping) or (len(predictions) and torch.is_tensor(predictions[0])):
+    if _single_image(predictions):
         predictions, targets = [predictions], [targets]
     sc, st, _, tcl = _image_results(predictions, targets, iou_threshold, kind, class_aware)
     if min_score is not None:
