@@ -254,8 +254,9 @@ def run_baseline(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
     srl = run_pybdsf(image, beam=beam, thresh_isl=thresh_isl, thresh_pix=thresh_pix, ncores=ncores,
                      **bdsf_kwargs)
     cat = srl_to_sdc1(srl, pb=pb)
-    cat.meta.update(image=os.fspath(image), pb=None if pb is None else os.fspath(pb), thresh_isl=thresh_isl,
-                    thresh_pix=thresh_pix, finder="PyBDSF")
+    # short upper-case keys: they become FITS header cards when the table is written as .fits
+    cat.meta.update(IMAGE=os.fspath(image), PBIMAGE="" if pb is None else os.fspath(pb), THRISL=thresh_isl,
+                    THRPIX=thresh_pix, FINDER="PyBDSF")
     if out is not None:
         write_catalog(cat, out)
     return cat
