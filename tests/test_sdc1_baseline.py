@@ -78,7 +78,9 @@ def test_pa_convention_on_simulated_resolved_sources(tmp_path):
     img = cs.render_sources((size, size), cat) + rng.normal(0, 2e-6, (size, size)).astype(np.float32)
     wcs = cs.make_wcs(size)
     path = tmp_path / "pa.fits"
-    fits.PrimaryHDU(img, cs.make_header(wcs, size)).writeto(path)
+    hdr = cs.make_header(wcs, size)
+    del hdr["BPA"]                     # like the real SDC1 headers: PyBDSF needs the explicit beam we pass
+    fits.PrimaryHDU(img, hdr).writeto(path)
     out = bl.run_baseline(path)
     ra, dec = wcs.all_pix2world(cat["x"], cat["y"], 0)
     ra = np.where(ra > 180, ra - 360, ra)
