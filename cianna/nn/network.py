@@ -44,7 +44,8 @@ class Network(nn.Module):
     Parameters
     ----------
     input_shape : tuple of int
-        Shape of one input example, channel first: ``(C, W)``, ``(C, H, W)`` or ``(C, D, H, W)``.
+        Shape of one input example, channel first: ``(C, W)``, ``(C, H, W)`` or ``(C, D, H, W)``; ``(F,)`` for
+        plain feature vectors (dense layers only).
     bias : float, default 0.1
         CIANNA's network input bias: the constant bias input of the first layer (always overrides that
         layer's own ``bias``).
@@ -65,9 +66,9 @@ class Network(nn.Module):
                  dense_pivot_zeroing: bool = False):
         super().__init__()
         shape = tuple(int(s) for s in input_shape)
-        if not 2 <= len(shape) <= 4 or any(s < 1 for s in shape):
-            raise ValueError(f"input_shape={tuple(input_shape)} must be (C, W), (C, H, W) or (C, D, H, W) "
-                             "with positive sizes")
+        if not 1 <= len(shape) <= 4 or any(s < 1 for s in shape):
+            raise ValueError(f"input_shape={tuple(input_shape)} must be (F,) for feature vectors, or (C, W), "
+                             "(C, H, W) or (C, D, H, W) for images, with positive sizes")
         self.input_shape = shape
         self.input_bias = float(bias)
         if seed is None:
@@ -82,7 +83,7 @@ class Network(nn.Module):
     # ------------------------------------------------------------------ building
     @property
     def ndim(self) -> int:
-        """Number of spatial dimensions of the input (1, 2 or 3)."""
+        """Number of spatial dimensions of the input (0 for feature vectors, 1, 2 or 3)."""
         return len(self.input_shape) - 1
 
     @property
@@ -160,6 +161,9 @@ class Network(nn.Module):
             ``(C, *spatial)`` to reshape a preceding dense output; required after a dense layer.
         """
         prev = self._prev_shape()
+        if len(prev) == 1 and not len(self.layers):
+            raise ValueError(f"the network input is a feature vector {prev}: a conv layer needs an image input "
+                             "shape (C, W), (C, H, W) or (C, D, H, W)")
         if len(prev) == 1:
             if input_shape is None:
                 raise ValueError("conv after a dense layer needs input_shape=(C, *spatial) to reshape its output")
@@ -182,7 +186,7 @@ class Network(nn.Module):
         """
         prev = self._prev_shape()
         if len(prev) == 1:
-            raise ValueError("pool cannot follow a dense layer")
+            raise ValueError(f"pool needs a (C, *spatial) input, the previous output is a feature vector {prev}")
         if kernel_size is None:
             kernel_size = tuple(2 if s > 1 else 1 for s in prev[1:])
         layer = Pool(prev, kernel_size, stride, padding, pool_type, global_pool, activation, drop_rate)
