@@ -1,0 +1,136 @@
+"""Tests of the classical SDC2 smooth-and-clip baseline (cianna.pipelines.sdc2.baseline)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from cianna.pipelines.sdc2.baseline import BaselineConfig, find_sources, reliability
+from cianna.scoring.sdc2 import read_sdc2_catalog, write_sdc2_catalog
+from cianna.sim.hi_cube import render_disc, simulate_hi_cube
+
+SHAPE = (80, 72, 200)  # X, Y, Z
+BRIGHT = [  # x, y, channel, flux [Jy Hz], hi_size ["], i, pa, v_flat [km/s]
+    (20.3, 22.6, 50.0, 90.0, 16.0, 50.0, 30.0, 160.0),
+    (56.1, 28.2, 105.0, 140.0, 22.0, 65.0, 120.0, 200.0),
+    (36.7, 55.4, 150.0, 70.0, 14.0, 40.0, 250.0, 140.0),
+]
+
+
+@pytest.fixture(scope="module")
+def bright_cube(tmp_path_factory):
+    """Noise cube (SDC2 noise) with three bright discs injected; returns (cube path, truth path, noise path)."""
+    out = tmp_path_factory.mktemp("baseline")
+    noise = simulate_hi_cube(out / "noise", shape=SHAPE, seed=11, n_sources=0)
+    data = fits.getdata(noise.cube_path).astype(np.float32)
+    header = fits.getheader(noise.cube_path)
+    freqs = noise.freqs
+    wcs = WCS(header).celestial
+    rows = []
+    for k, (x, y, z, flux, size, incl, pa, vflat) in enumerate(BRIGHT):
+        nu = float(np.interp(z, np.arange(freqs.size), freqs))
+        p = dict(line_flux_integral=flux, hi_size=size, i=incl, pa=pa, m_hi=1e10, v_flat=vflat)
+        m = render_disc(x, y, nu, p, freqs, SHAPE[:2])
+        z0, y0, x0 = m.origin
+        nz, ny, nx = m.cubelet.shape
+        data[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] += m.cubelet
+        ra, dec = wcs.all_pix2world([x], [y], 0)
+        rows.append((k, ra[0], dec[0], size, flux, nu, pa, incl, m.w20))
+    cube_path = out / "cube.fits"
+    fits.writeto(cube_path, data, header)
+    truth = Table(rows=rows, names=("id", "ra", "dec", "hi_size", "line_flux_integral", "central_freq", "pa",
+                                    "i", "w20"))
+    truth_path = write_sdc2_catalog(truth, out / "truth.txt")
+    return str(cube_path), truth_path, noise.cube_path
+
+
+@pytest.fixture(scope="module")
+def catalogue(bright_cube):
+    return find_sources(bright_cube[0], chunk_channels=64, overlap=48)
+
+
+def test_finds_bright_sources_and_scores(bright_cube, catalogue):
+    from cianna.scoring.sdc2 import score_sdc2
+
+    truth = read_sdc2_catalog(bright_cube[1])
+    assert 3 <= len(catalogue) <= 4
+    for col, unit in (("ra", "deg"), ("central_freq", "Hz"), ("line_flux_integral", "Hz Jy"), ("w20", "km / s")):
+        assert catalogue[col].unit == unit
+    score = score_sdc2(catalogue, truth)
+    assert score.n_match == 3
+    assert score.value > 2.0
+    assert score.position == pytest.approx(100.0) and score.central_freq == pytest.approx(100.0)
+    assert score.w20 > 50.0 and score.pa > 40.0  # receding side found from the kinematic gradient
+
+
+def test_parameters_close_to_truth(bright_cube, catalogue):
+    truth = read_sdc2_catalog(bright_cube[1])
+    dpas = []
+    for row in truth:
+        d = np.hypot((catalogue["ra"] - row["ra"]) * np.cos(np.radians(row["dec"])), catalogue["dec"] - row["dec"])
+        k = int(np.argmin(d))
+        assert d[k] * 3600 < 6.0
+        assert abs(catalogue["central_freq"][k] - row["central_freq"]) < 0.2e6
+        assert catalogue["line_flux_integral"][k] == pytest.approx(row["line_flux_integral"], rel=0.35)
+        assert catalogue["w20"][k] == pytest.approx(row["w20"], rel=0.35)
+        dpas.append(abs((catalogue["pa"][k] - row["pa"] + 180.0) % 360.0 - 180.0))
+    # PA points to the receding side (a 180 deg flip would give errors near 180)
+    assert max(dpas) < 90.0 and np.mean(dpas) < 45.0
+
+
+def test_chunked_equals_in_memory(bright_cube, catalogue):
+    whole = find_sources(bright_cube[0], chunk_channels=10_000)
+    assert len(whole) == len(catalogue)
+    for col in ("ra", "dec", "central_freq", "line_flux_integral", "hi_size", "pa", "i", "w20", "rel"):
+        np.testing.assert_allclose(np.asarray(catalogue[col]), np.asarray(whole[col]), rtol=1e-6, err_msg=col)
+
+
+def test_noise_only_cube_is_clean(bright_cube):
+    assert len(find_sources(bright_cube[2])) <= 1
+
+
+def test_official_scorer_accepts_text_output(bright_cube, tmp_path):
+    import warnings
+
+    from cianna.cli import main
+
+    out = tmp_path / "baseline.txt"
+    assert main(["-q", "sdc2", "baseline", bright_cube[0], "--out", str(out)]) == 0
+    assert out.read_text().splitlines()[0] == "id ra dec hi_size line_flux_integral central_freq pa i w20"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from ska_sdc import Sdc2Scorer
+
+        res = Sdc2Scorer.from_txt(str(out), bright_cube[1]).run()
+    assert res.n_match == 3
+    assert main(["-q", "sdc2", "score", str(out), bright_cube[1]]) == 0
+    ecsv = tmp_path / "baseline.ecsv"
+    assert main(["-q", "sdc2", "baseline", bright_cube[0], "--out", str(ecsv)]) == 0
+    assert len(Table.read(ecsv)) == len(read_sdc2_catalog(out))
+
+
+def test_reliability_and_config_errors():
+    rng = np.random.default_rng(0)
+    neg = rng.normal(0.5, 0.1, (200, 3))
+    pos = np.vstack([rng.normal(0.5, 0.1, (200, 3)), [[1.5, 2.5, 1.0]]])
+    rel = reliability(pos, neg)
+    assert rel[-1] > 0.99 and np.median(rel[:-1]) < 0.5
+    assert np.all(reliability(pos, neg[:3]) == 1.0)  # too few negatives: no density test
+    with pytest.raises(ValueError, match="threshold"):
+        find_sources("unused.fits", threshold=-1)
+    with pytest.raises(ValueError, match="spectral_kernels"):
+        BaselineConfig(spectral_kernels=(2.5,)).validate()
+
+
+def test_bad_cube_input(tmp_path):
+    from cianna.io.cube import CubeError
+
+    path = tmp_path / "image.fits"
+    fits.writeto(path, np.zeros((8, 8), np.float32))
+    with pytest.raises(CubeError, match="image.fits"):
+        find_sources(path)
+    assert not Path(tmp_path / "missing.fits").exists()
+    with pytest.raises(FileNotFoundError):
+        find_sources(tmp_path / "missing.fits")
