@@ -191,9 +191,7 @@ def init(in_dim, in_nb_ch, out_dim, bias=0.1, b_size=8, comp_meth="C_CUDA", netw
                   dynamic_load=int(dynamic_load), inference_only=int(inference_only),
                   adv_size=int(adv_size) if int(adv_size) > 0 else 30, net=None)
     st.net = _new_network(st.input_shape, st.bias)
-    if network in registry.networks and registry.networks[network].yolo_params is not None:
-        st.yolo_params = registry.networks[network].yolo_params
-    registry.networks[network] = st
+    registry.networks[network] = st  # a re-used id starts afresh (empty YOLO block, as CIANNA's init)
     registry.last = network
     if not int(no_logo) and not registry.logo_shown:
         from cianna import __version__
@@ -1170,7 +1168,7 @@ def load(file, iteration, network=None, nb_layers=0, bin=0):
 def _loaded_yolo_config(st: NetState, rec):
     from cianna.compat.convert import yolo_config_from_record
 
-    params = st.yolo_params or registry.networks.get(0, st).yolo_params
+    params = st.yolo_params
     kwargs = dict(params["kwargs"]) if params is not None else {}
     no_override = bool(params["params"]["no_override"]) if params is not None else False
     if no_override and kwargs.get("nb_box"):
@@ -1246,6 +1244,8 @@ def perf_eval(network=None):
     x = net.check_input(batch.to(st.device))
     was_training = net.training
     net.train()
+    net(x).sum().backward()  # warm-up (one-time allocations are not layer costs)
+    net.zero_grad(set_to_none=True)
     fwd, bwd, act_values = [], [], 0
     try:
         for layer in net.layers:
