@@ -90,7 +90,8 @@ def _baseline(args: argparse.Namespace) -> int:
     if out.lower().endswith(".txt"):
         write_sdc2_catalog(table, out)
     else:
-        table.meta.pop("config", None) if out.lower().endswith((".fits", ".fit")) else None
+        if not out.lower().endswith(".ecsv"):  # nested config dicts only survive in ECSV headers
+            table.meta.pop("config", None)
         table.write(out, overwrite=True)
     print(f"{len(table)} sources -> {out}")
     return 0
