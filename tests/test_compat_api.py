@@ -434,3 +434,38 @@ def test_perf_eval_and_print_arch_tex(capsys, monkeypatch):
     assert tex.count("\\\\") == 1 + 1 + 4  # header, input row, 4 layers
     assert "RELU\\_S800.00\\_L0.05" in tex and "Conv" in tex and "0.2" in tex
     assert not Path("arch/net.pdf").exists()
+
+
+def test_learning_rate_decay_in_control_lines(capsys):
+    small_net()
+    cnn.train(nb_iter=3, learning_rate=0.1, end_learning_rate=0.01, lr_decay=0.5, momentum=0.5,
+              weight_decay=1e-4, control_interv=1, silent=2)
+    lrs = [float(v) for v in re.findall(r"Learning rate: ([0-9.e-]+)", capsys.readouterr().out)]
+    expected = [0.01 + 0.09 * np.exp(-0.5 * i) for i in range(3)]  # iteration counter before the increment
+    np.testing.assert_allclose(lrs, expected, rtol=1e-4)
+
+
+def test_3d_and_1d_networks():
+    cnn.init(in_dim=i_ar([6, 5, 4]), in_nb_ch=2, out_dim=3, b_size=2, comp_meth="C_BLAS", no_logo=1)
+    cnn.conv(i_ar([3, 3, 3]), 4, padding=i_ar([1, 1, 1]))
+    cnn.pool(p_type="AVG")
+    cnn.dense(3, activation="LOGI")
+    net = cnn.get_network()
+    assert net.input_shape == (2, 4, 5, 6) and net.layers[0].out_shape == (4, 4, 5, 6)
+    assert net.layers[1].out_shape == (4, 2, 2, 3) and net.layers[1].full_window_avg_grad
+    x = np.random.default_rng(0).random((4, 240), dtype=np.float32)
+    cnn.create_dataset("TRAIN", 4, x, np.full((4, 3), 0.5, np.float32), silent=1)
+    cnn.create_dataset("TEST", 4, x, np.full((4, 3), 0.5, np.float32), silent=1)
+    cnn.train(nb_iter=1, learning_rate=0.01, control_interv=0, silent=1)
+    cnn.forward(saving=2, silent=1)
+    assert read_forward_file("fwd_res/net0_0001.dat", shape=(4, 4)).shape == (4, 4)
+    cnn.init(in_dim=i_ar([16]), in_nb_ch=3, out_dim=2 * 8, comp_meth="C_BLAS", no_logo=1)
+    cnn.conv(i_ar([5]), 4, stride=i_ar([2]), padding=i_ar([2]))
+    cnn.conv(i_ar([1]), 2, activation="LIN")
+    assert cnn.get_network().output_shape == (2, 8)
+    with pytest.raises(ValueError, match="entries beyond"):
+        cnn.conv(i_ar([3, 3]), 2)
+    x = np.random.default_rng(0).random((2, 48), dtype=np.float32)
+    cnn.create_dataset("TEST", 2, x, np.zeros((2, 16), np.float32), silent=1)
+    cnn.forward(saving=1, silent=1)
+    assert read_forward_file("fwd_res/net1_0000.dat", binary=False).shape == (2, 16)  # C x W per line
