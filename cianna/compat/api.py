@@ -803,7 +803,6 @@ def _run_set(st: NetState, data: ArrayDataset, *, drop_mode: str, repeat: int, w
     split = net.first_dropout_layer() if mc else None
     total, parts, monitors, rows, preds, trues = 0.0, {}, {}, [], [], []
     size = len(data)
-    nb_batch = data.num_batches(st.b_size)
     start = time.perf_counter()
     try:
         with torch.no_grad():
