@@ -33,6 +33,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+@pytest.mark.filterwarnings("ignore:comp_meth='C_CUDA' but no GPU")
 def test_mnist_example_script_runs_and_reaches_95_percent(tmp_path, monkeypatch, capsys, one_thread):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
