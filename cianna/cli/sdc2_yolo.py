@@ -1,0 +1,64 @@
+"""``cianna sdc2 train`` and ``cianna sdc2 detect``: the 3D YOLO-CIANNA SDC2 detector.
+
+Added to the ``sdc2`` command group through :func:`cianna.cli.sdc2.get_sdc2_subparsers` (this module must be
+listed in ``cianna.cli.COMMAND_MODULES``).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+__all__ = ["register"]
+
+log = logging.getLogger(__name__)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cianna.pipelines.sdc2.train import TrainConfig, train
+
+    cfg = TrainConfig.from_json(args.config, nb_iter=args.nb_iter, out_dir=args.out_dir, threads=args.threads)
+    trainer = train(cfg, resume=not args.restart)
+    print(f"trained {trainer.iteration} iterations -> {cfg.out_dir}/final.safetensors")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from cianna.pipelines.sdc2.detect import detect
+
+    out = args.out
+    if os.path.exists(out) and not args.overwrite:
+        raise FileExistsError(f"{out} exists (use --overwrite)")
+    table = detect(args.cube, out, model=args.model, max_memory=args.max_memory, resume=not args.no_resume,
+                   threshold=args.threshold, progress=not args.no_progress)
+    st = table.meta.get("stats", {})
+    print(f"{len(table)} sources -> {out}  ({st.get('chunks', '?')} chunks, "
+          f"{st.get('voxels_per_s', float('nan')) / 1e6:.2f} Mvoxel/s)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``cianna sdc2 train|detect`` to the ``sdc2`` group."""
+    from cianna.cli.sdc2 import get_sdc2_subparsers
+
+    sub = get_sdc2_subparsers(subparsers)
+    p = sub.add_parser("train", help="train the 3D YOLO-CIANNA detector on simulated cubes (resumable)")
+    p.add_argument("--config", default="configs/sdc2_train.json", help="JSON training config")
+    p.add_argument("--nb-iter", type=int, default=None, help="total iterations (overrides the config)")
+    p.add_argument("--out-dir", default=None, help="run folder (overrides the config)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (overrides the config)")
+    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints in the run folder")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("detect", help="detect HI galaxies in a FITS cube with the 3D YOLO-CIANNA detector")
+    p.add_argument("cube", help="FITS cube (X, Y, FREQ[, STOKES])")
+    p.add_argument("--out", required=True, help="catalogue: .txt = SDC2 submission format, else an Astropy "
+                                                "table by extension (.ecsv, .fits, .csv, .vot)")
+    p.add_argument("--model", default=None, help="model file (default: the pretrained model shipped with cianna)")
+    p.add_argument("--max-memory", default=None, help="memory budget, e.g. 1G or 512M (default: one slab of "
+                                                      "tiles along the spectral axis per chunk)")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    p.add_argument("--no-resume", action="store_true", help="do not read/write <out>.partial.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_detect)
