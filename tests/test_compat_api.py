@@ -469,3 +469,31 @@ def test_3d_and_1d_networks():
     cnn.create_dataset("TEST", 2, x, np.zeros((2, 16), np.float32), silent=1)
     cnn.forward(saving=1, silent=1)
     assert read_forward_file("fwd_res/net1_0000.dat", binary=False).shape == (2, 16)  # C x W per line
+
+
+def test_double_buffer_augmentation_pattern_with_a_thread():
+    """The pattern of the large CIANNA examples: build TRAIN_buf in a thread while training, then swap."""
+    import threading
+
+    from cianna.compat.state import registry
+
+    small_net(b_size=4, n=8, valid=False)
+    rng = np.random.default_rng(3)
+    sizes = []
+
+    def refill(n):
+        if "TRAIN_buf" in registry.networks[0].datasets:
+            cnn.delete_dataset("TRAIN_buf", silent=1)
+        cnn.create_dataset("TRAIN_buf", n, rng.random((n, 64), dtype=np.float32),
+                           np.eye(3, dtype=np.float32)[np.arange(n) % 3], silent=1)
+
+    refill(12)
+    for it in range(3):
+        cnn.swap_data_buffers("TRAIN")
+        t = threading.Thread(target=refill, args=(12 + 4 * (it + 1),))
+        t.start()
+        cnn.train(nb_iter=1, learning_rate=0.01, shuffle_every=0, control_interv=0, silent=1)
+        t.join()
+        sizes.append(len(registry.networks[0].datasets["TRAIN"]))
+    assert sizes == [12, 16, 20]
+    assert registry.networks[0].iteration == 3
