@@ -76,7 +76,7 @@ class BaselineConfig:
     dilate_xy, dilate_z : int
         Mask dilation before flux/size/width measurement [pixels, channels].
     size_factor : float
-        hi_size = size_factor x deconvolved Gaussian-equivalent FWHM of the moment-0 ellipse (1.35 = median
+        hi_size = size_factor x deconvolved Gaussian-equivalent FWHM of the moment-0 ellipse (2.0 ~ median
         truth/measured ratio on simulated cubes, see docs/sdc2.md).
     min_pixel_snr : float
         Only pixels whose masked spectrum reaches this SNR enter the moment ellipse and the kinematic PA.
@@ -106,7 +106,7 @@ class BaselineConfig:
     min_npix: int = 150
     dilate_xy: int = 1
     dilate_z: int = 2
-    size_factor: float = 1.35
+    size_factor: float = 2.0
     w20_core: bool = True
     min_pixel_snr: float = 2.0
     alpha: float = 0.2
