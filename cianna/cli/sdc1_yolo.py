@@ -35,6 +35,11 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from cianna.pipelines.sdc1.detect import detect_image, plot_detections, write_catalog, write_ds9
     from cianna.train.checkpoint import CheckpointError
 
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".txt", ".ecsv", ".fits", ".fit", ".vot", ".xml", ".csv", ".reg"):
+        print(f"cianna sdc1 detect: error: {args.out}: unknown catalogue extension {ext!r} "
+              "(use .txt, .ecsv, .fits, .vot, .csv, .reg)", file=sys.stderr)
+        return 2
     thresholds = None
     if args.thresholds:
         thresholds = [float(v) for v in args.thresholds.split(",")]

@@ -1,0 +1,188 @@
+"""Tests of the YOLO-CIANNA SDC1 pipeline (cianna.pipelines.sdc1.{data,model,detect,tune}, ``cianna sdc1``).
+
+Small fields only; no training. The detection-quality tests use the bundled pretrained model and are skipped
+when it is absent; plumbing tests use a freshly initialised tiny network.
+"""
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from cianna.cli import main
+from cianna.pipelines.sdc1 import data as D
+from cianna.pipelines.sdc1.detect import DEFAULT_MODEL, detect_image, load_model, save_model, write_catalog
+from cianna.pipelines.sdc1.model import build_network, network_for_size
+from cianna.scoring.sdc1 import read_sdc1_catalog, score_sdc1
+from cianna.sim.continuum import simulate_continuum_field
+
+pytest.importorskip("ska_sdc")
+
+HAVE_MODEL = DEFAULT_MODEL.is_file()
+needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="bundled SDC1 model not present")
+
+
+@pytest.fixture(scope="module")
+def field(tmp_path_factory):
+    return simulate_continuum_field(tmp_path_factory.mktemp("sdc1f"), size=320, seed=77, pb_null_radius=0.1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    net = build_network(64, seed=3)
+    return save_model(tmp_path_factory.mktemp("m") / "tiny.safetensors", net, [0.5] * 6, {"note": "untrained"})
+
+
+def _orientation(img):
+    y, x = np.indices(img.shape)
+    w = img / img.sum()
+    mx, my = (w * x).sum(), (w * y).sum()
+    cxx, cyy, cxy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum(), (w * (x - mx) * (y - my)).sum()
+    ang = 0.5 * np.degrees(np.arctan2(2 * cxy, cxx - cyy))  # direction (cos a, sin a) in (x, y)
+    return mx, my, -ang  # SDC1 PA: major axis along (cos pa, -sin pa)
+
+
+def _render(p, x0, y0, pa, a=6.0, b=2.0):
+    y, x = np.indices((p, p), dtype=float)
+    t = np.radians(pa)
+    u = (x - x0) * np.cos(t) - (y - y0) * np.sin(t)
+    v = (x - x0) * np.sin(t) + (y - y0) * np.cos(t)
+    return np.exp(-0.5 * (u / a) ** 2 - 0.5 * (v / b) ** 2)
+
+
+@pytest.mark.parametrize("rot", [-1, 0, 1])
+@pytest.mark.parametrize("fx", [False, True])
+@pytest.mark.parametrize("fy", [False, True])
+def test_augmentation_moves_positions_and_pa_consistently(rot, fx, fy):
+    img = _render(64, 20.0, 40.0, 30.0)
+    mx, my, pa = _orientation(img)
+    assert (mx, my) == pytest.approx((20.0, 40.0), abs=0.05) and pa == pytest.approx(30.0, abs=0.5)
+    out, x, y, pa2 = D._augment(img, np.array([20.0]), np.array([40.0]), np.array([30.0]), rot, fx, fy)
+    mx2, my2, pam = _orientation(np.ascontiguousarray(out))
+    assert (mx2, my2) == pytest.approx((x[0], y[0]), abs=0.05)
+    assert abs(D.fold_pa(pam - pa2[0])) < 0.5
+
+
+def test_params_roundtrip_and_boxes():
+    flux, bmaj, bmin, pa = np.array([5e-6, 1e-4]), np.array([3.0, 10.0]), np.array([1.0, 4.0]), np.array([30.0, 250.0])
+    p = D.encode_params(flux, bmaj, bmin, pa)
+    assert p.shape == (2, 5) and np.all((p >= 0) & (p <= 1))
+    back = D.decode_params(p)
+    np.testing.assert_allclose(back["flux_app"], flux, rtol=1e-5)
+    np.testing.assert_allclose(back["bmaj"], bmaj, rtol=1e-5)
+    np.testing.assert_allclose(back["pa"], [30.0, 70.0], atol=1e-3)      # 250 -> 70 modulo 180
+    w, h = D.box_extents([6.0, 6.0], [3.0, 3.0], [0.0, 90.0], 0.6)
+    np.testing.assert_allclose(w, [20.0, 10.0])
+    np.testing.assert_allclose(h, [10.0, 20.0])
+    assert D.normalize(np.array([np.nan, 0.0, 1.0]))[0] == 0.0
+
+
+def test_patch_targets_inside_and_rows(field):
+    f = D.load_field(field.image.rsplit("/", 1)[0])
+    x, y = D.sample_patches([f], 4, 128, np.random.default_rng(0), max_nb_obj=100)
+    assert x.shape == (4, 1, 128, 128) and y.shape == (4, 1 + 100 * 12)
+    n = y[:, 0].astype(int)
+    assert n.sum() > 0
+    objs = y[:, 1:].reshape(4, 100, 12)
+    for i in range(4):
+        b = objs[i, :n[i]]
+        assert np.all(b[:, 1] >= 0) and np.all(b[:, 4] <= 128) and np.all(b[:, 4] - b[:, 1] >= 5 - 1e-4)
+
+
+def test_network_for_size_shares_weights():
+    net = build_network(64, seed=1)
+    big = network_for_size(net, 128)
+    import torch
+
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        a = net.eval()(x)
+        xb = torch.zeros(1, 1, 128, 128)
+        xb[..., :64, :64] = x
+        assert big(xb).shape[-1] == 16 and a.shape[-1] == 8
+
+
+def test_cli_end_to_end_tiny_field_is_scored(field, tiny_model, tmp_path):
+    model = str(DEFAULT_MODEL) if HAVE_MODEL else str(tiny_model)
+    out = tmp_path / "cat.txt"
+    rc = main(["sdc1", "detect", field.image, "--pb", field.pb, "--model", model, "--out", str(out),
+               "--regions", str(tmp_path / "cat.reg"), "--png", str(tmp_path / "cat.png"), "--quiet"])
+    assert rc == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("#") and all(not ln.startswith("#") for ln in lines[1:])
+    cat = read_sdc1_catalog(out)
+    assert len(cat) == len(lines) - 1
+    s = score_sdc1(out, field.truth_path, area="all")
+    assert s.n_det == len(cat)
+    assert (tmp_path / "cat.png").stat().st_size > 1000
+    assert (tmp_path / "cat.reg").read_text().count("ellipse(") == len(cat)
+    for ext in ("ecsv", "fits", "vot", "csv"):
+        assert main(["sdc1", "detect", field.image, "--model", model, "--out", str(tmp_path / f"c.{ext}"),
+                     "--quiet"]) == 0
+    from astropy.table import QTable
+
+    t = QTable.read(tmp_path / "c.ecsv")
+    assert str(t["flux"].unit) == "Jy" and str(t["ra_core"].unit) == "deg" and str(t["b_maj"].unit) == "arcsec"
+
+
+@needs_model
+def test_bundled_model_finds_sources_with_high_purity(field):
+    cat = detect_image(field.image, pb=field.pb, progress=False)
+    s = score_sdc1(cat, field.truth_path, area="all")
+    assert s.purity > 0.85 and s.completeness > 0.5
+    # PB correction: intrinsic fluxes are larger than the apparent ones where PB < 1
+    assert np.all(np.asarray(cat["flux"].value) >= np.asarray(cat["flux_app"].value) * 0.999)
+
+
+@needs_model
+def test_tile_border_duplicates_removed(field):
+    one = detect_image(field.image, model=None, tile_size=512, progress=False)
+    many = detect_image(field.image, model=None, tile_size=128, overlap=32, progress=False)
+    x, y = np.asarray(many["x"].value), np.asarray(many["y"].value)
+    d = np.hypot(x[:, None] - x[None], y[:, None] - y[None]) + np.eye(len(x)) * 1e9
+    assert d.min() > 1.5  # no duplicate of a source across tile borders
+    assert abs(len(many) - len(one)) <= max(3, 0.05 * len(one))
+
+
+def test_small_image_with_nan_region(tmp_path, field, tiny_model):
+    model = None if HAVE_MODEL else str(tiny_model)
+    with fits.open(field.image) as h:
+        data = h[0].data[:100, :90].astype(np.float32)
+        hdr = h[0].header.copy()
+    data[:40, :40] = np.nan
+    path = tmp_path / "small.fits"
+    fits.writeto(path, data, hdr)
+    cat = detect_image(path, model=model, progress=False)
+    if len(cat):
+        x, y = np.asarray(cat["x"].value), np.asarray(cat["y"].value)
+        assert not np.any((np.floor(x + 0.5) < 40) & (np.floor(y + 0.5) < 40))
+        assert np.all((x > -0.5) & (x < 89.5) & (y > -0.5) & (y < 99.5))
+    write_catalog(cat, tmp_path / "small.txt")
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, field, tiny_model, capsys):
+    txt = tmp_path / "notfits.fits"
+    txt.write_text("hello")
+    nowcs = tmp_path / "nowcs.fits"
+    fits.writeto(nowcs, np.zeros((32, 32), np.float32))
+    cube = tmp_path / "cube.fits"
+    with fits.open(field.image) as h:
+        hdr = h[0].header.copy()
+    hdr["NAXIS"] = 3
+    hdr["NAXIS3"] = 4
+    hdr["CTYPE3"] = "FREQ"
+    hdr["CRPIX3"], hdr["CRVAL3"], hdr["CDELT3"] = 1.0, 5.6e8, 1e6
+    fits.writeto(cube, np.zeros((4, 32, 32), np.float32), hdr)
+    empty = tmp_path / "empty.fits"
+    fits.PrimaryHDU().writeto(empty)
+    for path, words in ((txt, "FITS"), (nowcs, "WCS"), (cube, "axes"), (empty, ""),
+                        (tmp_path / "missing.fits", "no such")):
+        rc = main(["sdc1", "detect", str(path), "--model", str(tiny_model), "--out", str(tmp_path / "o.txt"),
+                   "--quiet"])
+        err = capsys.readouterr().err
+        assert rc != 0, path
+        assert str(path.name) in err and words.lower() in err.lower(), err
+    rc = main(["sdc1", "detect", field.image, "--model", str(tmp_path / "nomodel.safetensors"),
+               "--out", str(tmp_path / "o.txt"), "--quiet"])
+    assert rc != 0 and "model" in capsys.readouterr().err.lower()
+    rc = main(["sdc1", "detect", field.image, "--model", str(tiny_model), "--out", str(tmp_path / "o.xyz"),
+               "--quiet"])
+    assert rc != 0 and "extension" in capsys.readouterr().err
