@@ -309,7 +309,7 @@ def _atomic_json(path: Path, data: dict) -> None:
 
 
 def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None, settings=None,
-                      progress: bool = True, on_chunk=None) -> dict:
+                      progress: bool = True, on_chunk=None, chunk_bytes: int | None = None) -> dict:
     """Stream a cube through the detector and return the per-tile candidates (first NMS stage done).
 
     Parameters
@@ -328,6 +328,8 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
         tqdm bar (chunks done, voxels/s).
     on_chunk : callable, optional
         ``on_chunk(index, n_chunks)`` after each chunk is saved (tests use it to interrupt a run).
+    chunk_bytes : int, optional
+        Chunk data budget in bytes, bypassing ``max_memory`` (tests, benchmarks).
 
     Returns
     -------
@@ -361,6 +363,8 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
                 raise ValueError(f"--max-memory {max_memory}: too small; at least "
                                  f"{(rss0 + 48 * tile_vox + 64 * (1 << 20) + min_need) / 2**20:.0f} MiB are "
                                  f"needed (process {rss0 / 2**20:.0f} MiB + one {tile} tile)")
+        if chunk_bytes is not None:
+            chunk_budget = int(chunk_bytes)
         chunks = plan_chunks(shape, tile, margin, chunk_budget)
         st = os.stat(cube.path)
         ident = {"version": _STATE_VERSION, "cube": os.path.abspath(cube.path), "size": st.st_size,
@@ -392,6 +396,7 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
         bar = tqdm(total=len(chunks), unit="chunk", desc="sdc2 detect", disable=not progress)
         t0, vox_done = time.perf_counter(), 0
         peak = _rss_bytes()
+        n_computed = 0
         for ci, ch in enumerate(chunks):
             todo = [t for t in ch["tiles"] if "%d,%d,%d" % t not in done]
             if todo:
@@ -407,6 +412,7 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
                                 s[2] - x0:s[2] - x0 + tile[2]]
                     x[:sub.shape[0], :sub.shape[1], :sub.shape[2]] = sub
                     rows, sc = _forward_tile(run_net, cfg, x, settings)
+                    n_computed += 1
                     if len(rows):
                         rows[:, 0] += s[2]
                         rows[:, 1] += s[1]
@@ -452,7 +458,7 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
     rows = np.concatenate(rows) if rows else np.zeros((0, len(CAND_COLUMNS)))
     stats = {"seconds": time.perf_counter() - t_start, "inference_seconds": elapsed, "voxels": n_vox_total,
              "voxels_per_s": vox_done / elapsed if elapsed > 0 else float("nan"), "chunks": len(chunks),
-             "tiles": sum(len(c["tiles"]) for c in chunks), "peak_rss_bytes": peak, "tile": tile}
+             "tiles": sum(len(c["tiles"]) for c in chunks), "tiles_computed": n_computed, "peak_rss_bytes": peak, "tile": tile}
     log.info("sdc2 detect: %d chunks, %d candidates, %.1f s, %.3g voxels/s", len(chunks), len(rows),
              stats["seconds"], stats["voxels_per_s"])
     return {"rows": rows, "scores": _score_of(rows, settings.score), "sigma": sigma, "shape": shape,
@@ -535,6 +541,10 @@ def write_catalog(table, path) -> str:
         return write_sdc2_catalog(table, path)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.partial-{os.getpid()}{ext}"
+    if ext.lower() in (".fits", ".fit", ".fts"):  # FITS headers take only short scalar keywords
+        table = table.copy(copy_data=False)
+        meta = table.meta
+        table.meta = {"THRESH": meta.get("threshold"), "NMSTHR": meta.get("nms_threshold")}
     try:
         table.write(tmp, overwrite=True)
         os.replace(tmp, path)
@@ -545,7 +555,7 @@ def write_catalog(table, path) -> str:
 
 
 def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: bool = True, settings=None,
-           threshold=None, progress: bool = True, on_chunk=None):
+           threshold=None, progress: bool = True, on_chunk=None, chunk_bytes: int | None = None):
     """Detect HI galaxies in a FITS cube and (optionally) write the catalogue.
 
     Parameters
@@ -567,6 +577,8 @@ def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: boo
     progress : bool
     on_chunk : callable, optional
         See :func:`detect_candidates`.
+    chunk_bytes : int, optional
+        See :func:`detect_candidates`.
 
     Returns
     -------
@@ -577,7 +589,8 @@ def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: boo
     if out_path is not None and resume:
         state_path = Path(os.fspath(out_path) + ".partial.json")
     cand = detect_candidates(cube_path, model=model, max_memory=max_memory, state_path=state_path,
-                             settings=settings, progress=progress, on_chunk=on_chunk)
+                             settings=settings, progress=progress, on_chunk=on_chunk,
+                              chunk_bytes=chunk_bytes)
     table = candidates_to_catalog(cube_path, cand, threshold=threshold)
     table.meta["stats"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cand["stats"].items()}
     if out_path is not None:
