@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-__all__ = ["detection_gains", "tune_thresholds", "evaluate_model"]
+__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "export_model"]
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05)
     return thr, summary
 
 
-def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, progress: bool = False) -> dict:
+def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, progress: bool = False,
+                   rerun: bool = True) -> dict:
     """Detect on a validation field at low thresholds, tune the per-prior thresholds, report the scores.
 
     Parameters
@@ -118,9 +119,31 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     cat = detect_image(image, pb=pb, model=model, thresholds=[low] * nb, progress=progress)
     gains, s_low = detection_gains(cat, truth)
     thr, summary = tune_thresholds(cat["objectness"], cat["prior"], gains, nb, low=low)
-    tuned = detect_image(image, pb=pb, model=model, thresholds=thr, progress=progress)
-    s = score_sdc1(tuned, truth, area="all")
     keys = ("value", "n_det", "n_match", "n_false", "n_truth", "purity", "completeness", "acc_pc")
-    return {"thresholds": [float(v) for v in thr], "summary": summary,
-            "score_low": {k: getattr(s_low, k) for k in keys} if s_low is not None else None,
-            "score": {k: getattr(s, k) for k in keys}}
+    out = {"thresholds": [float(v) for v in thr], "summary": summary,
+           "score_low": {k: getattr(s_low, k) for k in keys} if s_low is not None else None, "score": None}
+    if rerun:
+        tuned = detect_image(image, pb=pb, model=model, thresholds=thr, progress=progress)
+        s = score_sdc1(tuned, truth, area="all")
+        out["score"] = {k: getattr(s, k) for k in keys}
+    return out
+
+
+def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,
+                 meta: dict | None = None, low: float = 0.05) -> dict:
+    """Tune a checkpoint's thresholds on the validation field and save it as a deployable model file.
+
+    Returns
+    -------
+    dict
+        The :func:`evaluate_model` result (also stored in the model's metadata under ``tuning``).
+    """
+    from cianna.pipelines.sdc1.detect import load_model, save_model
+
+    model = load_model(checkpoint)
+    res = evaluate_model(model, valid_dir, low=low)
+    record = dict(meta or {})
+    record["checkpoint"] = os.fspath(checkpoint)
+    record["tuning"] = {"valid_field": os.fspath(valid_dir), **res}
+    save_model(out, model.network, res["thresholds"], record)
+    return res
