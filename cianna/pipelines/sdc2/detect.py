@@ -411,6 +411,9 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
                     sub = block[s[0] - z0:s[0] - z0 + tile[0], s[1] - y0:s[1] - y0 + tile[1],
                                 s[2] - x0:s[2] - x0 + tile[2]]
                     x[:sub.shape[0], :sub.shape[1], :sub.shape[2]] = sub
+                    if not x.any():  # fully blank (NaN) or padded tile: nothing to detect
+                        done["%d,%d,%d" % (iz, iy, ix)] = []
+                        continue
                     rows, sc = _forward_tile(run_net, cfg, x, settings)
                     n_computed += 1
                     if len(rows):

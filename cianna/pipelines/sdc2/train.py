@@ -46,6 +46,8 @@ class TrainConfig:
     seed : int
     threads : int
         ``torch.set_num_threads`` (1 on shared machines).
+    init_from : str or None
+        Network or checkpoint whose weights initialise a fresh run (ignored when resuming).
     """
 
     train_cubes: list = field(default_factory=list)
@@ -68,6 +70,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     threads: int = 1
+    init_from: str | None = None
 
     @classmethod
     def from_json(cls, path, **overrides) -> "TrainConfig":
@@ -145,6 +148,12 @@ def train(config: TrainConfig, *, resume: bool = True):
     if ck is not None:
         trainer.load_checkpoint(ck)
         log.info("resumed from %s (iteration %d)", ck, trainer.iteration)
+    elif config.init_from:
+        from cianna.train.checkpoint import read_checkpoint
+
+        _, _, tensors = read_checkpoint(config.init_from)
+        net.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        log.info("initial weights from %s", config.init_from)
     stream = StreamingDataset(sampler, seed=config.seed, size=config.n_per_iter)
     remaining = int(config.nb_iter) - trainer.iteration
     if remaining > 0:

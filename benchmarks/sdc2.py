@@ -1,0 +1,195 @@
+"""SDC2 benchmark: 3D YOLO-CIANNA (packaged model) vs the classical smooth-and-clip baseline.
+
+Usage::
+
+    python benchmarks/sdc2.py [--out runs/sdc2/bench] [--stage all|sim|baseline|cianna|memory|report]
+                              [--threads 1] [--budget 900M]
+
+Stages (results cached as JSON in ``OUT`` so they can run at different times):
+
+* ``sim``: the test cube (seed 301, 256 x 256 x 1024 voxels at 1030-1061 MHz, 540 galaxies, flux boost 1.5,
+  5 % RFI channels; same generator settings as the training/validation cubes but another seed, never used in
+  training or tuning) and a large noise-only cube for the memory test (512 x 512 x 3072 voxels, 3.2 GB).
+* ``baseline`` / ``cianna``: each finder runs in a child process (``--child``) that records wall time,
+  voxels/s and its own peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); catalogues are scored with
+  the official ``ska-sdc`` scorer (:func:`cianna.scoring.sdc2.score_sdc2`).
+* ``memory``: ``cianna sdc2 detect --max-memory BUDGET`` on the test cube and on the large cube (>= 4x the
+  budget), peak RSS of each child.
+* ``report``: markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+TEST = dict(shape=(256, 256, 1024), seed=301, freq_start=1.03e9, n_sources=540, flux_boost=1.5, rfi_fraction=0.05)
+BIG_SHAPE = (512, 512, 3072)  # X, Y, Z: 805 M voxels, 3.2 GB float32
+PROPS = ("position", "central_freq", "line_flux_integral", "hi_size", "pa", "w20", "i")
+
+
+def _load(path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def _save(path, data):
+    with open(path, "w") as fh:
+        json.dump(data, fh, indent=1)
+
+
+def _big_noise_cube(path, shape=BIG_SHAPE, seed=7):
+    """Noise-only SDC2-like cube written slab by slab (white noise at 28 uJy/beam, no beam convolution)."""
+    import numpy as np
+    from astropy.io import fits
+
+    from cianna.sim.hi_cube import make_cube_header
+
+    header = make_cube_header(shape, 0.96e9)
+    tmp = path + ".part"
+    hdu = fits.StreamingHDU(tmp, header)
+    rng = np.random.default_rng(seed)
+    for z0 in range(0, shape[2], 64):
+        n = min(64, shape[2] - z0)
+        hdu.write((rng.standard_normal((n, shape[1], shape[0]), dtype=np.float32) * 28e-6))
+    hdu.close()
+    os.replace(tmp, path)
+
+
+def stage_sim(out):
+    from cianna.sim.hi_cube import simulate_hi_cube
+
+    test = os.path.join(out, "test")
+    if not os.path.exists(os.path.join(test, "cube.fits")):
+        simulate_hi_cube(test, shape=TEST["shape"], seed=TEST["seed"], freq_start=TEST["freq_start"],
+                         n_sources=TEST["n_sources"], flux_boost=TEST["flux_boost"],
+                         rfi_fraction=TEST["rfi_fraction"])
+    big = os.path.join(out, "big_noise.fits")
+    if not os.path.exists(big):
+        _big_noise_cube(big)
+
+
+def _child(args) -> int:
+    """Run one finder in this process; print a JSON line with timing and peak memory."""
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    info = {}
+    if args.child == "cianna":
+        from cianna.pipelines.sdc2.detect import detect
+
+        table = detect(args.cube, args.cat, model=args.model, max_memory=args.budget, resume=False,
+                       progress=False)
+        info = table.meta["stats"]
+    else:
+        from cianna.pipelines.sdc2.baseline import find_sources
+        from cianna.scoring.sdc2 import write_sdc2_catalog
+
+        table = find_sources(args.cube)
+        write_sdc2_catalog(table, args.cat)
+    wall = time.perf_counter() - t0
+    from cianna.io.cube import open_cube
+
+    with open_cube(args.cube) as c:
+        nvox = int(np.prod(c.shape))
+    res = {"finder": args.child, "cube": args.cube, "wall_s": wall, "voxels": nvox, "voxels_per_s": nvox / wall,
+           "n_det": len(table), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "budget": args.budget, "stats": {k: v for k, v in info.items() if isinstance(v, (int, float, list))}}
+    print("RESULT " + json.dumps(res))
+    return 0
+
+
+def _run_child(finder, cube, cat, threads, budget=None, model=None):
+    cmd = [sys.executable, __file__, "--child", finder, "--cube", cube, "--cat", cat, "--threads", str(threads)]
+    if budget:
+        cmd += ["--budget", budget]
+    if model:
+        cmd += ["--model", model]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{finder} child failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def stage_finder(out, finder, threads, model=None):
+    from cianna.scoring.sdc2 import score_sdc2
+
+    test = os.path.join(out, "test")
+    cat = os.path.join(out, f"{finder}_test.txt")
+    res = _run_child(finder, os.path.join(test, "cube.fits"), cat, threads, model=model)
+    sc = score_sdc2(cat, os.path.join(test, "truth.txt"))
+    res["score"] = sc.as_dict()
+    _save(os.path.join(out, f"result_{finder}.json"), res)
+    print(json.dumps(res["score"], indent=1))
+
+
+def stage_memory(out, threads, budget, model=None):
+    res = {}
+    for name, cube in (("test", os.path.join(out, "test", "cube.fits")),
+                       ("big", os.path.join(out, "big_noise.fits"))):
+        r = _run_child("cianna", cube, os.path.join(out, f"mem_{name}.ecsv"), threads, budget=budget, model=model)
+        r["cube_bytes"] = os.path.getsize(cube)
+        res[name] = r
+        print(name, json.dumps(r))
+    _save(os.path.join(out, "result_memory.json"), res)
+
+
+def stage_report(out):
+    rows = {f: _load(os.path.join(out, f"result_{f}.json")) for f in ("cianna", "baseline")
+            if os.path.exists(os.path.join(out, f"result_{f}.json"))}
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}\n")
+    print("| finder | score | N_det | N_match | N_false | purity | completeness | " +
+          " | ".join(f"acc {p}" for p in PROPS) + " | wall [s] | voxels/s | peak RSS [MB] |")
+    print("|" + "---|" * (8 + len(PROPS) + 3))
+    for f, r in rows.items():
+        s = r["score"]
+        print(f"| {f} | {s['value']:.2f} | {s['n_det']} | {s['n_match']} | {s['n_false']} | {s['purity']:.3f} | "
+              f"{s['completeness']:.3f} | " + " | ".join(f"{s[p]:.1f}" for p in PROPS) +
+              f" | {r['wall_s']:.1f} | {r['voxels_per_s']:.3g} | {r['peak_rss_mb']:.0f} |")
+    mp = os.path.join(out, "result_memory.json")
+    if os.path.exists(mp):
+        m = _load(mp)
+        print("\n| cube | size [GB] | budget | peak RSS [MB] | chunks | wall [s] | voxels/s |\n|---|---|---|---|---|---|---|")
+        for k, r in m.items():
+            print(f"| {k} | {r['cube_bytes'] / 1e9:.2f} | {r['budget']} | {r['peak_rss_mb']:.0f} | "
+                  f"{r['stats'].get('chunks')} | {r['wall_s']:.1f} | {r['voxels_per_s']:.3g} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="runs/sdc2/bench")
+    p.add_argument("--stage", default="all", choices=["all", "sim", "baseline", "cianna", "memory", "report"])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--budget", default="900M")
+    p.add_argument("--model", default=None)
+    p.add_argument("--child", default=None, choices=["cianna", "baseline"])
+    p.add_argument("--cube")
+    p.add_argument("--cat")
+    args = p.parse_args(argv)
+    if args.child:
+        return _child(args)
+    os.makedirs(args.out, exist_ok=True)
+    if args.stage in ("all", "sim"):
+        stage_sim(args.out)
+    if args.stage in ("all", "baseline"):
+        stage_finder(args.out, "baseline", args.threads)
+    if args.stage in ("all", "cianna"):
+        stage_finder(args.out, "cianna", args.threads, args.model)
+    if args.stage in ("all", "memory"):
+        stage_memory(args.out, args.threads, args.budget, args.model)
+    if args.stage in ("all", "report"):
+        stage_report(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Choice of the detection threshold of the SDC2 detector on a validation cube (never on the test cube).
+
+:func:`tune_threshold` scores the catalogues obtained from one set of candidates
+(:func:`~cianna.pipelines.sdc2.detect.detect_candidates`, low ``pre_threshold``) for a grid of final score
+thresholds with the official SDC2 scorer and returns the best one.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["tune_threshold"]
+
+log = logging.getLogger(__name__)
+
+
+def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thresholds=(-0.2,)):
+    """Grid search of the final score (and NMS) threshold that maximises the official SDC2 score.
+
+    Parameters
+    ----------
+    cube_path : str or os.PathLike
+        Validation cube.
+    candidates : dict
+        :func:`~cianna.pipelines.sdc2.detect.detect_candidates` output for that cube.
+    truth : str, os.PathLike or astropy.table.Table
+        Validation truth (SDC2 columns).
+    thresholds : sequence of float, optional
+        Score thresholds to try (default 0.1 ... 0.9).
+    nms_thresholds : sequence of float
+        DIoU thresholds of the second NMS stage to try.
+
+    Returns
+    -------
+    best : dict
+        ``threshold``, ``nms_threshold``, ``score`` (:class:`cianna.scoring.sdc2.Sdc2Score`).
+    table : list of dict
+        One entry per grid point (threshold, nms_threshold, value, n_det, n_match, purity).
+    """
+    from cianna.pipelines.sdc2.detect import candidates_to_catalog
+    from cianna.scoring.sdc2 import score_sdc2
+
+    if thresholds is None:
+        thresholds = np.round(np.arange(0.1, 0.91, 0.05), 3)
+    rows, best = [], None
+    for nthr in nms_thresholds:
+        for thr in thresholds:
+            cat = candidates_to_catalog(cube_path, candidates, threshold=float(thr), nms_threshold=float(nthr))
+            sc = score_sdc2(cat, truth)
+            rows.append({"threshold": float(thr), "nms_threshold": float(nthr), "value": sc.value,
+                         "n_det": sc.n_det, "n_match": sc.n_match, "purity": sc.purity})
+            if best is None or sc.value > best["score"].value:
+                best = {"threshold": float(thr), "nms_threshold": float(nthr), "score": sc}
+    log.info("best validation threshold %.3g (nms %.3g): score %.2f", best["threshold"], best["nms_threshold"],
+             best["score"].value)
+    return best, rows
