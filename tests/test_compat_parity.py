@@ -196,7 +196,7 @@ def test_native_network_survives_cianna_files(input_shape, tmp_path):
 
 def test_dense_after_linear_after_nonlinear_dense_gets_no_bias():
     """CIANNA: dense(RELU) -> dense(LIN) -> dense: the LIN layer's pivot is bias_in·ratio = 0·ratio, so the
-    third layer has no bias either; the converter sets it explicitly (and warns)."""
+    third layer has no bias either; the network's dense_pivot_zeroing switch propagates the zero pivot."""
     rng = np.random.default_rng(0)
 
     def dense(nb, n_in, act, ratio):
@@ -207,8 +207,8 @@ def test_dense_after_linear_after_nonlinear_dense_gets_no_bias():
 
     cf = CiannaFile((4, 1, 1), 1, [dense(5, 4, "RELU_S800.00_L0.05", 1.0), dense(3, 5, "LIN", 1.0),
                                    dense(2, 3, "LIN", 0.0)])
-    with pytest.warns(UserWarning, match="bias input of 0"):
-        net = to_network(cf)
+    net = to_network(cf)
+    assert net.dense_pivot_zeroing
     assert [l.bias_value * l.bias_input_scale for l in net.layers][1:] == [0.0, 0.0]
     x = torch.from_numpy(rng.normal(size=(2, 4)).astype(np.float32))
     # hand-computed CIANNA forward
