@@ -188,6 +188,13 @@ def test_pool_default_size_comes_from_input_dims_quirk26():
     cnn.conv(i_ar([3, 1]), 2, padding=i_ar([1, 0]))
     cnn.pool()
     assert cnn.get_network().layers[-1].kernel_size == (1, 2)  # (H, W): y input dim is 1
+    cnn.init(in_dim=i_ar([8, 8]), in_nb_ch=1, out_dim=2, comp_meth="C_BLAS", no_logo=1)
+    cnn.conv(i_ar([3, 8]), 2)  # output W 6 x H 1
+    with pytest.raises(ValueError, match="does not fit"):
+        cnn.pool()  # 2x2 from the 8x8 input dims: too tall for the 6x1 map
+    cnn.set_compat_switches(pool_size_from_input=False)
+    cnn.pool()
+    assert cnn.get_network().layers[-1].kernel_size == (1, 2)  # from the previous layer's output
 
 
 def test_strict_size_shrink_quirk2_and_dense_pivot_zeroing_quirk1():
