@@ -34,9 +34,13 @@ CELL = (16, 8, 8)  #: voxels per grid cell (D, H, W)
 TRAIN_CROP = (128, 32, 32)  #: training sub-cube (D, H, W)
 
 
-def make_yolo_config(rand_startup: int = 2048) -> YoloConfig:
-    """YOLO head configuration: 3 priors, 6 regressed parameters, DIoU, difficult flags (``yolo.md``)."""
-    return YoloConfig(
+def make_yolo_config(rand_startup: int = 2048, **overrides) -> YoloConfig:
+    """YOLO head configuration: 3 priors, 6 regressed parameters, DIoU, difficult flags (``yolo.md``).
+
+    ``overrides``: :class:`YoloConfig` fields replacing the defaults below; nested groups (``error_scales``,
+    ``slopes_and_maxes``, ``IoU_limits``) are merged key by key.
+    """
+    base = dict(
         nb_box=3, nb_class=0, nb_param=6, fit_dim=3,
         # rows: widths (x), heights (y), depths (z = channels)
         priors=[[4.0, 6.0, 9.0], [4.0, 6.0, 9.0], [14.0, 28.0, 48.0]],
@@ -55,6 +59,15 @@ def make_yolo_config(rand_startup: int = 2048) -> YoloConfig:
         IoU_type="DIoU", prior_dist_type="OFFSET", strict_box_size=0, rand_startup=rand_startup,
         rand_prob_best_box_assoc=0.5, rand_prob=0.02, diff_flag=True, error_type="natural",
         max_nb_obj_per_image=24)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged = dict(base[key])
+            for k, v in value.items():
+                merged[k] = {**merged[k], **v} if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+            base[key] = merged
+        else:
+            base[key] = value
+    return YoloConfig(**base)
 
 
 def build_network(input_shape=(1,) + TRAIN_CROP, config: YoloConfig | None = None, seed: int = 0):

@@ -48,6 +48,8 @@ class TrainConfig:
         ``torch.set_num_threads`` (1 on shared machines).
     init_from : str or None
         Network or checkpoint whose weights initialise a fresh run (ignored when resuming).
+    yolo_overrides : dict
+        Changes to the YOLO head settings (:func:`cianna.pipelines.sdc2.model.make_yolo_config`).
     """
 
     train_cubes: list = field(default_factory=list)
@@ -71,6 +73,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1
     init_from: str | None = None
+    yolo_overrides: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path, **overrides) -> "TrainConfig":
@@ -138,7 +141,7 @@ def train(config: TrainConfig, *, resume: bool = True):
     if config.valid_cube:
         vs = SubCubeSampler([TrainingCube.from_files(*config.valid_cube)], n_per_iter=config.n_valid, **kw)
         valid = vs(0, np.random.default_rng([config.seed, 999]))
-    yolo = make_yolo_config(rand_startup=4 * config.n_per_iter)
+    yolo = make_yolo_config(**{"rand_startup": 4 * config.n_per_iter, **config.yolo_overrides})
     net = build_network((1,) + tuple(config.crop), yolo, seed=config.seed)
     trainer = Trainer(net, learning_rate=config.learning_rate, end_learning_rate=config.end_learning_rate,
                       lr_decay=config.lr_decay, momentum=config.momentum, weight_decay=config.weight_decay,
