@@ -428,6 +428,20 @@ def test_yolo_params_network0_quirk15_and_tiny_yolo_training():
     assert len(text) == 1 and len(text[0].split()) == 4 * 16 * 4 * 4  # quirk 13: one line
     err = Path("error.txt").read_text().splitlines()
     assert len(err[-1].split()) == 8  # iteration, loss, six YOLO parts
+    # save / reload the YOLO network into another id (bare set_yolo_params: the file gives the layout)
+    cnn.save("yolo.dat", network=0, bin=1)
+    cnn.forward(network=0, saving=2, no_error=1, silent=1)
+    before = read_forward_file("fwd_res/net0_0002.dat")
+    cnn.init(in_dim=i_ar([16, 16]), in_nb_ch=1, out_dim=15, b_size=2, comp_meth="C_BLAS", no_logo=1, network=2)
+    with pytest.warns(UserWarning):
+        cnn.set_yolo_params(network=2)
+    cnn.load("yolo.dat", 2, network=2, bin=1)
+    cfg2 = cnn.get_network(2).layers[-1].activation.yolo_config
+    assert cfg2.nb_box == 2 and cfg2.priors[:2] == [[4.0, 8.0], [4.0, 8.0]]
+    assert cfg2.slopes_and_maxes.size.slope == 0.5
+    cnn.create_dataset("TEST", 4, x, rows, network=2, silent=1)
+    cnn.forward(network=2, saving=2, no_error=1, silent=1)
+    np.testing.assert_allclose(read_forward_file("fwd_res/net2_0002.dat"), before, rtol=1e-6, atol=1e-6)
 
 
 def test_perf_eval_and_print_arch_tex(capsys, monkeypatch):
