@@ -89,7 +89,7 @@ def _torch_order(xyz: tuple, ndim: int, name: str, trivial: int) -> tuple:
 
 def _check_prev_layer(st: NetState, prev_layer) -> None:
     last = len(st.net.layers) - 1
-    if prev_layer is not None and int(prev_layer) != last and not (int(prev_layer) == -1 and last == -1):
+    if prev_layer is not None and int(prev_layer) not in (last, -1):  # -1: CIANNA's "last layer" sentinel
         raise NotImplementedError(f"prev_layer={prev_layer}: only sequential networks are supported "
                                   f"(the previous layer must be the last one, {last})")
 
