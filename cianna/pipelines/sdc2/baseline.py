@@ -209,6 +209,7 @@ def _smooth_and_clip(norm: np.ndarray, cfg: BaselineConfig) -> tuple[np.ndarray,
             level = (cfg.threshold * rms)[:, None, None]
             pos |= sm > level
             neg |= sm < -level
+            del sm  # free before the next kernel is computed
         del cs
     return pos, neg
 
@@ -408,11 +409,12 @@ def _run(cb, cfg: BaselineConfig) -> Table:
     for a in range(0, nz, cfg.chunk_channels):
         b = min(a + cfg.chunk_channels, nz)
         pa_, pb_ = max(0, a - cfg.overlap), min(nz, b + cfg.overlap)
-        data = np.asarray(cb.data[pa_:pb_], dtype=np.float32)
-        data = np.where(np.isfinite(data), data, 0.0).astype(np.float32)
-        rms = robust_rms(data, axis=(1, 2), stride=cfg.noise_stride).astype(np.float32)
+        norm = np.array(cb.data[pa_:pb_], dtype=np.float32)  # private copy, normalised in place below
+        np.nan_to_num(norm, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        rms = robust_rms(norm, axis=(1, 2), stride=cfg.noise_stride).astype(np.float32)
         rms[rms <= 0] = np.inf
-        norm = data / rms[:, None, None]
+        norm /= rms[:, None, None]
+        rms[~np.isfinite(rms)] = 0.0  # Jy/beam = norm * rms (blank channels -> 0)
         pos, neg = _smooth_and_clip(norm, cfg)
         for sign, mask in ((1.0, pos), (-1.0, neg)):
             labels, objects = _link(mask, cfg)
@@ -438,12 +440,13 @@ def _run(cb, cfg: BaselineConfig) -> Table:
                 if snr >= cfg.min_snr and npix >= cfg.min_npix:
                     d = cfg.dilate_xy
                     dz = cfg.dilate_z
-                    box = (slice(max(zs.start - dz, 0), min(zs.stop + dz, data.shape[0])),
-                           slice(max(ys.start - d, 0), min(ys.stop + d, data.shape[1])),
-                           slice(max(xs.start - d, 0), min(xs.stop + d, data.shape[2])))
+                    box = (slice(max(zs.start - dz, 0), min(zs.stop + dz, norm.shape[0])),
+                           slice(max(ys.start - d, 0), min(ys.stop + d, norm.shape[1])),
+                           slice(max(xs.start - d, 0), min(xs.stop + d, norm.shape[2])))
                     mbox = labels[box] == lab
                     origin = (pa_ + box[0].start, box[1].start, box[2].start)
-                    row.update(_parametrise(data[box], mbox, norm[box], origin, cb.freqs, cb.celestial,
+                    data_box = norm[box] * rms[box[0], None, None]
+                    row.update(_parametrise(data_box, mbox, norm[box], origin, cb.freqs, cb.celestial,
                                             beam_area, pixel, beam, cfg))
                     rows.append(row)
         log.info("channels %d-%d: %d candidate sources so far", a, b, len(rows))
