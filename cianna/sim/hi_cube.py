@@ -39,7 +39,7 @@ from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
-from scipy import ndimage, special
+from scipy import ndimage
 
 __all__ = ["HiCubeResult", "simulate_hi_cube", "sample_hi_sources", "sdc2_noise_sigma", "fit_truth_prior",
            "measure_w20", "render_disc", "make_cube_header", "DEV_PRIOR"]

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from astropy import units as u
