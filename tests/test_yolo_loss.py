@@ -220,3 +220,24 @@ def test_empty_images_only_background():
     g = grad.reshape(2, 2, cfg.box_stride, 16)
     assert torch.all(g[:, :, :6] == 0) and torch.all(g[:, :, 6:8] != 0)
     assert res.parts["pos"] == 0 and res.parts["prob"] > 0 and res.monitors["nb_match"] == 0
+
+
+def test_trainer_integration_with_yolo_rows():
+    """The framework Trainer drives the YOLO loss (context: iteration, train_size, training, generator)."""
+    Trainer = pytest.importorskip("cianna.train.trainer").Trainer
+    from cianna.nn.network import Network
+
+    cfg = make_config(nb_class=0, nb_param=1, param_ind_scales=[1.0], rand_startup=8)
+    act = YoloActivation(cfg, input_shape=(1, 32, 32))
+    net = Network((1, 32, 32), seed=0)
+    net.conv(4, 3, padding=1).pool(4).conv(cfg.nb_channels, 1, activation=act)
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 32, 32, generator=rng)
+    cats = [dict(x=[10.0, 20.0], y=[5.0, 25.0], w=[6.0, 9.0], h=[7.0, 5.0], params=[[0.2], [0.7]])] * 8
+    rows = encode_targets(cats, ndim=2, max_nb_obj_per_image=3, nb_param=1)
+    trainer = Trainer(net, learning_rate=1e-3, batch_size=4, silent=1, seed=0, control_interv=1)
+    trainer.fit((x, rows), valid=(x, rows), nb_iter=2)
+    ev = trainer.evaluate((x, rows))
+    assert set(ev.parts) == {"pos", "size", "prob", "obj", "class", "param"}
+    assert ev.monitors["nb_targets"] == 16 and ev.monitors["nb_match"] == 16
+    assert abs(ev.mean_loss - sum(ev.parts.values())) < 1e-6 * max(1.0, ev.mean_loss)
