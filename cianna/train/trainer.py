@@ -162,7 +162,7 @@ class Trainer:
     # ------------------------------------------------------------------ core steps
     def _context(self, size: int, training: bool) -> dict:
         return {"iteration": self.iteration, "train_size": size, "training": training,
-                "generator": self.generator}
+                "generator": self.generator, "input_shape": self.network.input_shape}
 
     def _loss(self, x, y, size: int, training: bool):
         with precision_context(self.device, self.precision):
