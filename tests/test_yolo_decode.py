@@ -114,3 +114,37 @@ def test_encode_decode_round_trip(ndim):
     cianna = decode_predictions(out, cfg, (side,) * ndim, score_threshold=0.5, pixel_convention="cianna")
     assert torch.allclose(cianna[0]["centers"], dets[0]["centers"] + 0.5)
     assert all(len(d["scores"]) == 0 for d in decode_predictions(out, cfg, (side,) * ndim, score_threshold=0.99))
+
+
+def test_config_validation_json_and_cianna_sentinels():
+    from cianna.detection.config import IoULimits
+
+    cfg = YoloConfig(nb_box=3, nb_class=2, nb_param=1, priors=[[6, 12, 0.5], [6, 9, 24]], IoU_type="diou2",
+                     IoU_limits=IoULimits(good_IoU_lim=0.6))
+    assert cfg.nb_channels == 3 * 11 and cfg.IoU_type == "DIoU2" and cfg.fit_dim == 2
+    assert cfg.iou_limits().good_IoU_lim == 0.6 and cfg.iou_limits().low_IoU_best_box_assoc == -0.5
+    assert cfg.prior_tensor().tolist() == [[6, 6, 1], [12, 9, 1], [1, 24, 1]]
+    assert cfg.prior_tensor(clamped=False)[2].tolist() == [0.5, 24, 0]
+    assert YoloConfig.from_json(cfg.to_json()) == cfg
+    for bad, name in [(dict(priors=[[6, 12]]), "priors"), (dict(IoU_type="XIoU"), "IoU_type"),
+                      (dict(prior_noobj_prob=[0.1]), "prior_noobj_prob"), (dict(fit_dim=3), "fit_dim"),
+                      (dict(rand_prob=2.0), "rand_prob")]:
+        kw = dict(nb_box=3, priors=[[6, 12, 24], [6, 9, 24]])
+        kw.update(bad)
+        with pytest.raises(ValueError, match=name):
+            YoloConfig(**kw)
+    with pytest.raises(ValueError, match="unknown YoloConfig key"):
+        YoloConfig.from_dict({"nb_boxes": 2})
+    sdc1 = YoloConfig.from_cianna(
+        nb_box=2, nb_param=5, prior_size=np.array([[6, 24], [6, 24]], np.float32),
+        error_scales=np.array([36, 0.2, 0.5, 2, -1, 5], np.float32),
+        slopes_and_maxes=np.array([[0.5, 6, -6], [0.5, 1.2, -1.2], [0.2, 1e5, -1e5], [0.5, 1e5, -1e5],
+                                   [-1, 1e5, -1e5], [0.5, 1.5, -0.2]]),
+        IoU_limits=np.array([0.5, -0.1, -0.3, -0.3, -2, -0.1, -2, -2]), fit_parts=np.array([1, 1, 1, 1, -2, -2]),
+        IoU_type="DIoU", prior_dist_type="OFFSET")
+    assert sdc1.error_scales.classes == 1.0 and sdc1.error_scales.position == 36.0
+    assert sdc1.slopes_and_maxes.probability.slope == pytest.approx(0.2)
+    assert sdc1.slopes_and_maxes.probability.max == 6.0 and sdc1.slopes_and_maxes.size.max == pytest.approx(1.2)
+    lim = sdc1.iou_limits()
+    assert (lim.good_IoU_lim, lim.min_class_IoU_lim, lim.diff_obj_lim) == (0.5, -0.5, 0.1)
+    assert sdc1.resolved_fit_parts().as_tuple() == (1, 1, 1, 1, -1, 1) and sdc1.rand_startup == 64000

@@ -328,6 +328,48 @@ class YoloConfig:
     def from_json(cls, text: str) -> "YoloConfig":
         return cls.from_dict(json.loads(text))
 
+    @classmethod
+    def from_cianna(cls, *, nb_box: int = 0, nb_class: int = 0, nb_param: int = 0, prior_size=None,
+                    prior_noobj_prob=None, error_scales=None, slopes_and_maxes=None, param_ind_scales=None,
+                    IoU_limits=None, fit_parts=None, fit_dim: int = 0, rand_startup: int = -1,
+                    **kwargs) -> "YoloConfig":
+        """Build from CIANNA ``set_yolo_params`` keywords with its "keep default" sentinels.
+
+        Arrays as CIANNA: ``prior_size`` (rows, nb_box); ``error_scales`` (6,) (≤ 0 keeps the default);
+        ``slopes_and_maxes`` (6, 3) rows ``[slope, max, min]`` (slope ≤ 0, max ≥ 1e5, min ≤ −1e5 keep
+        the default); ``IoU_limits`` (8,) (≤ −1.99 keeps the default); ``fit_parts`` (6,) (≤ −2 keeps
+        the default). ``fit_dim = 0`` means "rows of ``prior_size``"; ``rand_startup = −1`` → 64000.
+        Other keywords (``IoU_type``, ``strict_box_size``, ``class_softmax``, …) are passed through.
+        """
+        import numpy as np
+
+        priors = np.zeros((1, nb_box)) if prior_size is None else np.asarray(prior_size, dtype=np.float64)
+        if priors.ndim == 1:
+            priors = priors[None, :]
+        es = ErrorScales()
+        if error_scales is not None:
+            es = ErrorScales(*[float(v) if v > 0 else d for v, d in zip(np.asarray(error_scales, float), es.as_tuple())])
+        sm = SlopesAndMaxes()
+        if slopes_and_maxes is not None:
+            arr = np.asarray(slopes_and_maxes, dtype=np.float64).reshape(6, 3)
+            parts = {}
+            for p, (slope, mx, mn) in zip(PARTS, arr):
+                d = getattr(sm, p)
+                parts[p] = SlopeMaxMin(float(slope) if slope > 0 else d.slope, float(mx) if mx < 1e5 else d.max,
+                                       float(mn) if mn > -1e5 else d.min)
+            sm = SlopesAndMaxes(**parts)
+        lims = IoULimits()
+        if IoU_limits is not None:
+            lims = IoULimits(*[float(v) if v > -1.99 else None for v in np.asarray(IoU_limits, float)])
+        fp = FitParts()
+        if fit_parts is not None:
+            fp = FitParts(*[int(v) if v > -2 else None for v in np.asarray(fit_parts).astype(int)])
+        return cls(nb_box=nb_box, nb_class=nb_class, nb_param=nb_param, priors=priors.tolist(),
+                   fit_dim=fit_dim or None, prior_noobj_prob=None if prior_noobj_prob is None
+                   else list(np.asarray(prior_noobj_prob, float)), error_scales=es, slopes_and_maxes=sm,
+                   param_ind_scales=None if param_ind_scales is None else list(np.asarray(param_ind_scales, float)),
+                   IoU_limits=lims, fit_parts=fp, rand_startup=rand_startup, **kwargs)
+
     def replace(self, **changes) -> "YoloConfig":
         """Validated copy with some fields changed."""
         return replace(self, **changes)
