@@ -10,14 +10,6 @@ from cianna.detection.metrics import (average_precision, completeness_purity, ma
                                       mean_average_precision, precision_recall_curve)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 T = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]])
 FP = torch.tensor([[100.0, 100, 110, 110]])
 

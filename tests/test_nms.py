@@ -11,15 +11,6 @@ from cianna.detection.nms import (SDC1_NMS_SCORE_LIMITS, SDC1_NMS_THRESHOLDS, ca
 from cianna.detection.boxes import iou
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensor ops are much faster single-threaded on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def brute_nms(boxes, scores, thr, kind, classes=None, diff=None):
     """Plain sequential greedy NMS on the dense overlap matrix."""
     n = len(scores)

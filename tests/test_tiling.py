@@ -9,14 +9,6 @@ from cianna.detection.nms import ladder_thresholds, non_max_suppression
 from cianna.detection.tiling import iter_tiles, merge_tile_borders, predict_tiled, tile_grid
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def local_max_detector(threshold=0.5, margin=6, half=4.0):
     """Translation-equivariant fake detector: a box of side ``2·half`` around every local maximum above
     ``threshold`` that is at least ``margin`` pixels inside the tile; score = peak value."""
