@@ -25,7 +25,7 @@ import torch
 
 from cianna.train.checkpoint import read_checkpoint, save_checkpoint
 from cianna.train.confusion import confusion_matrix, format_confusion
-from cianna.train.data import ArrayDataset, StreamingDataset, as_dataset
+from cianna.train.data import ArrayDataset, as_dataset
 from cianna.train.optim import CiannaSGD, cianna_learning_rate
 from cianna.train.precision import precision_context, resolve_device, resolve_precision
 
