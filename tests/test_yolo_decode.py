@@ -148,3 +148,20 @@ def test_config_validation_json_and_cianna_sentinels():
     lim = sdc1.iou_limits()
     assert (lim.good_IoU_lim, lim.min_class_IoU_lim, lim.diff_obj_lim) == (0.5, -0.5, 0.1)
     assert sdc1.resolved_fit_parts().as_tuple() == (1, 1, 1, 1, -1, 1) and sdc1.rand_startup == 64000
+
+
+def test_1d_forward_loss_and_decode():
+    cfg = YoloConfig(nb_box=1, priors=[[8]], rand_startup=0)
+    act = YoloActivation(cfg, input_shape=(1, 32))
+    pre = torch.zeros(2, cfg.nb_channels, 4, requires_grad=True)
+    out = act(pre)
+    view = box_view(out, cfg)
+    assert torch.all(view[..., 1:3] == 0.5) and torch.all(view[..., 4:6] == 0)   # dims ≥ fit_dim forced
+    rows = encode_targets([dict(x=[11.5], w=[8.0]), dict(x=[], w=[])], ndim=1, max_nb_obj_per_image=2)
+    res = act.loss(pre, out, rows, norm=2, context={"training": True, "iteration": 1, "train_size": 2})
+    assert res.monitors["nb_match"] == 1 and res.monitors["iou_sum"] == pytest.approx(0.98)
+    res.loss.backward()
+    g = box_view(pre.grad, cfg)
+    assert torch.all(g[..., 1:3] == 0) and torch.all(g[..., 4:6] == 0) and g[0, 1, 0, 0] == 0  # centred: t = 0.5
+    det = decode_predictions(out, cfg, (32,), score_threshold=0.0)[0]
+    assert det["boxes"].shape == (4, 2) and torch.allclose(det["sizes"], torch.full((4, 1), 8.0))
