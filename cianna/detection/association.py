@@ -167,12 +167,12 @@ def good_box_lock(boxes: torch.Tensor, tboxes: torch.Tensor, valid: torch.Tensor
         bi, bj, tj = xo.nonzero(as_tuple=True)
         bi = bi + b0
         pb, pt = flat[bi, bj], tboxes[bi, tj]
-        if kind == "IoU":
-            inter = (torch.minimum(pb[:, 3:], pt[:, 3:]) - torch.maximum(pb[:, :3], pt[:, :3])).clamp(min=0).prod(-1)
-            union = (pb[:, 3:] - pb[:, :3]).prod(-1).abs() + (pt[:, 3:] - pt[:, :3]).prod(-1).abs() - inter
-            hit = (inter > lim * union) & (union > 0)
-        else:
-            hit = iou(pb, pt, kind) > lim
+        inter = (torch.minimum(pb[:, 3:], pt[:, 3:]) - torch.maximum(pb[:, :3], pt[:, :3])).clamp(min=0).prod(-1)
+        union = (pb[:, 3:] - pb[:, :3]).prod(-1).abs() + (pt[:, 3:] - pt[:, :3]).prod(-1).abs() - inter
+        hit = (inter > lim * union) & (union > 0)                                # plain IoU > lim
+        if kind != "IoU":  # every variant ≤ IoU: evaluate it on the surviving pairs only
+            idx = hit.nonzero(as_tuple=True)[0]
+            hit[idx] = iou(pb[idx], pt[idx], kind) > lim
         locked[(bi * (s * k) + bj)[hit]] = True
     return locked.reshape(b, s, k)
 

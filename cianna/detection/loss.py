@@ -238,6 +238,8 @@ class YoloLoss:
             d, l = self._sigmoid_delta(o, 0.5, w, s)
             return sl, d, l.sum()
         mask = enc.taken & (((enc.iou > self.limits.min_class_IoU_lim) & (enc.difficult < 2)) | natural)
+        if bool((enc.classes[enc.taken] >= nc).any()):
+            raise ValueError(f"target class index ≥ nb_class = {nc} (CIANNA rows use 1-based classes 1..{nc})")
         onehot = torch.nn.functional.one_hot(enc.classes.clamp(max=nc - 1), nc).to(o.dtype)
         w = S * mask[..., None].float()
         if self.config.class_softmax:
