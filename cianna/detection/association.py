@@ -1,8 +1,12 @@
 """YOLO-CIANNA target ↔ box association, the "matcher" (``yolo.md`` §7).
 
 Every (image, grid cell) is matched independently, vectorised over images and cells; the only Python
-loop is over the greedy rounds (one target per cell and round; at most ``nb_box`` rounds take a box,
-dropped difficult targets may add a few).
+loop of the matching is over the greedy rounds (one target per cell and round; at most ``nb_box`` rounds
+take a box, dropped difficult targets may add a few). The good-but-not-best lock runs over memory chunks
+of images (sparse pairs inside a chunk).
+
+Random options draw from a seeded CPU ``torch.Generator``: same seed → same association, with the
+distributions of CIANNA's ``curand`` draws (not its exact random stream).
 
 Modes
 -----
