@@ -134,3 +134,18 @@ def test_bad_cube_input(tmp_path):
     assert not Path(tmp_path / "missing.fits").exists()
     with pytest.raises(FileNotFoundError):
         find_sources(tmp_path / "missing.fits")
+
+
+def test_sdc2_group_is_shared_with_other_modules():
+    import argparse
+
+    from cianna.cli.sdc2 import get_sdc2_subparsers, register
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    first = get_sdc2_subparsers(sub)  # e.g. a detector module registering before this one
+    first.add_parser("detect").set_defaults(func=lambda args: 0)
+    register(sub)
+    assert get_sdc2_subparsers(sub) is first
+    assert parser.parse_args(["sdc2", "detect"]).func(None) == 0
+    assert parser.parse_args(["sdc2", "score", "a.txt", "b.txt"]).truth == "b.txt"
