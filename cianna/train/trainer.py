@@ -212,7 +212,10 @@ class Trainer:
                 and (self.iteration + 1) % self.shuffle_every == 0):
             data.shuffle(self.generator)
         self._train_data = data
-        size = len(data) if isinstance(data, ArrayDataset) else (getattr(train, "size", None) or 0)
+        # examples per iteration (YOLO's random start-up counts iteration × size); for a stream of batches of
+        # unknown length, the size measured in the previous iteration (or the running count in the first)
+        known = len(data) if isinstance(data, ArrayDataset) else (getattr(train, "size", None)
+                                                                 or getattr(self, "_stream_size", None))
         batches = (data.batches(self.batch_size, sgd_generator=self.generator if sgd_mode else None)
                    if isinstance(data, ArrayDataset) else iter(data))
         total = data.num_batches(self.batch_size) if isinstance(data, ArrayDataset) and not sgd_mode else None
@@ -220,7 +223,7 @@ class Trainer:
         start, loss_sum, n_examples, parts = time.perf_counter(), 0.0, 0, {}
         bar = self._progress(batches, total, f"Iter {self.iteration}")
         for x, y in bar:
-            result = self._step(x, y, size)
+            result = self._step(x, y, known or n_examples + x.shape[0])
             loss_sum += result.total
             n_examples += x.shape[0]
             for k, v in result.parts.items():
@@ -228,6 +231,8 @@ class Trainer:
             if hasattr(bar, "set_postfix_str"):
                 bar.set_postfix_str(f"B.Loss {result.total / max(x.shape[0], 1):.5g}", refresh=False)
         elapsed = time.perf_counter() - start
+        if not isinstance(data, ArrayDataset):
+            self._stream_size = n_examples
         record = {"iteration": self.iteration, "learning_rate": lr,
                   "train_loss": loss_sum / max(n_examples, 1), "seconds": elapsed,
                   "images_per_s": n_examples / elapsed if elapsed > 0 else float("nan")}
