@@ -70,7 +70,8 @@ def make_yolo_config(rand_startup: int = 2048, **overrides) -> YoloConfig:
     return YoloConfig(**base)
 
 
-def build_network(input_shape=(1,) + TRAIN_CROP, config: YoloConfig | None = None, seed: int = 0):
+def build_network(input_shape=(1,) + TRAIN_CROP, config: YoloConfig | None = None, seed: int = 0,
+                  norm: bool = False):
     """Build the SDC2 3D YOLO network.
 
     Parameters
@@ -80,6 +81,9 @@ def build_network(input_shape=(1,) + TRAIN_CROP, config: YoloConfig | None = Non
     config : YoloConfig, optional
         Default :func:`make_yolo_config`.
     seed : int
+    norm : bool
+        Group normalisation (groups of 8 channels) after every hidden conv, the leaky ReLU moved after it
+        (conv LIN -> norm RELU); trains much faster with SGD.
 
     Returns
     -------
@@ -92,13 +96,14 @@ def build_network(input_shape=(1,) + TRAIN_CROP, config: YoloConfig | None = Non
         raise ValueError(f"input_shape {tuple(input_shape)} must be (1, D, H, W) with D, H, W multiples of {CELL}")
     cfg = config or make_yolo_config()
     net = Network((c, d, h, w), bias=0.1, seed=seed)
-    net.conv(8, (5, 3, 3), stride=(2, 1, 1), padding=(2, 1, 1))
-    net.conv(16, 3, stride=2, padding=1)
-    net.conv(32, 3, stride=2, padding=1)
-    net.conv(32, 3, padding=1)
-    net.conv(48, 3, stride=2, padding=1)
-    net.conv(48, 3, padding=1)
-    net.conv(48, 1)
+    layers = [(8, (5, 3, 3), (2, 1, 1), (2, 1, 1)), (16, 3, 2, 1), (32, 3, 2, 1), (32, 3, 1, 1), (48, 3, 2, 1),
+              (48, 3, 1, 1), (48, 1, 1, 0)]
+    for filters, k, stride, pad in layers:
+        if norm:
+            net.conv(filters, k, stride=stride, padding=pad, activation="LIN")
+            net.norm(8, activation="RELU")
+        else:
+            net.conv(filters, k, stride=stride, padding=pad)
     net.conv(cfg.nb_channels, 1, activation=YoloActivation(cfg, input_shape=(c, d, h, w)))
     return net
 

@@ -55,3 +55,51 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
     log.info("best validation threshold %.3g (nms %.3g): score %.2f", best["threshold"], best["nms_threshold"],
              best["score"].value)
     return best, rows
+
+
+def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None):
+    """Pick the checkpoint with the best validation score, tune its threshold and save it as a detector.
+
+    Parameters
+    ----------
+    checkpoints : sequence of str or os.PathLike
+        Training checkpoints (or models) to compare.
+    cube_path, truth
+        Validation cube and its truth (never the test cube).
+    out_path : str or os.PathLike
+        Model file to write (:func:`~cianna.pipelines.sdc2.detect.save_model`).
+    settings : DetectSettings, optional
+        Base inference settings (default :class:`~cianna.pipelines.sdc2.detect.DetectSettings`).
+    info : dict, optional
+        Provenance stored with the model.
+
+    Returns
+    -------
+    dict
+        ``checkpoint``, ``threshold``, ``score`` (validation :class:`~cianna.scoring.sdc2.Sdc2Score` as dict) and
+        ``all`` (per-checkpoint best values).
+    """
+    from dataclasses import replace
+
+    from cianna.pipelines.sdc2.detect import DetectSettings, detect_candidates, load_model, save_model
+
+    base = settings or DetectSettings()
+    results, best = [], None
+    for ck in checkpoints:
+        model = load_model(ck)
+        cand = detect_candidates(cube_path, model=model, settings=replace(base, pre_threshold=0.05), progress=False)
+        b, grid = tune_threshold(cube_path, cand, truth)
+        entry = {"checkpoint": str(ck), "threshold": b["threshold"], "value": b["score"].value,
+                 "voxels_per_s": cand["stats"]["voxels_per_s"]}
+        results.append(entry)
+        log.info("%s: best validation score %.2f at threshold %.2f", ck, b["score"].value, b["threshold"])
+        if best is None or b["score"].value > best["score"].value:
+            best = {"checkpoint": str(ck), "threshold": b["threshold"], "nms_threshold": b["nms_threshold"],
+                    "score": b["score"], "network": model[0], "grid": grid}
+    final = replace(base, threshold=best["threshold"], nms_threshold=best["nms_threshold"])
+    meta = dict(info or {})
+    meta.update({"checkpoint": best["checkpoint"], "validation_score": best["score"].as_dict(),
+                 "validation_grid": best["grid"], "checkpoints_compared": results})
+    save_model(out_path, best["network"], final, meta)
+    return {"checkpoint": best["checkpoint"], "threshold": best["threshold"], "score": best["score"].as_dict(),
+            "all": results}
