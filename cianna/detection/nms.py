@@ -162,15 +162,15 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
     centre = (lo + hi) * 0.5
     ext = (hi - lo).abs()
     if overlap_only:
-        cell = ext.max(0).values * (1 + 1e-6) + 1e-9
+        cell = ext.amax(0) * (1 + 1e-6) + 1e-9
     else:
         cell = torch.full((3,), reach * float(ext.norm(dim=1).max()) * (1 + 1e-6) + 1e-9, dtype=torch.float64,
                           device=dev)
-    span = (centre.max(0).values - centre.min(0).values)
+    span = (centre.amax(0) - centre.amin(0))
     while float(torch.prod(torch.floor(span / cell) + 3)) > 2.0 ** 60:
         cell *= 2.0
     q = torch.floor((centre - centre.min(0).values) / cell).long() + 1
-    dims = q.max(0).values + 2
+    dims = q.amax(0) + 2
     keys = _cell_keys(q, dims)
     skeys, perm = torch.sort(keys)
     flat = (dims <= 3).tolist()  # dims with a single cell: no neighbour offsets there
