@@ -169,7 +169,7 @@ def candidate_pairs(boxes: torch.Tensor, reach: float, *, pair_chunk: int = 1 <<
     span = (centre.amax(0) - centre.amin(0))
     while float(torch.prod(torch.floor(span / cell) + 3)) > 2.0 ** 60:
         cell *= 2.0
-    q = torch.floor((centre - centre.min(0).values) / cell).long() + 1
+    q = torch.floor((centre - centre.amin(0)) / cell).long() + 1
     dims = q.amax(0) + 2
     keys = _cell_keys(q, dims)
     skeys, perm = torch.sort(keys)
