@@ -149,3 +149,15 @@ def test_cli_simulate(tmp_path):
 
     assert main(["sdc2", "simulate", "--out", str(tmp_path), "--shape", "32", "32", "64", "--seed", "4"]) == 0
     assert (tmp_path / "cube.fits").exists() and (tmp_path / "truth.txt").exists()
+
+
+@pytest.mark.skipif(not TRUTH.exists(), reason="SDC2 dev truth catalogue not available")
+def test_embedded_prior_is_the_fit_of_the_dev_truth():
+    from cianna.sim.hi_cube import DEV_PRIOR, fit_truth_prior
+
+    fitted = fit_truth_prior(TRUTH)
+    assert fitted["n_sources"] == DEV_PRIOR["n_sources"] == 2684
+    np.testing.assert_allclose(fitted["quantiles"], DEV_PRIOR["quantiles"], rtol=2e-3, atol=2e-3)
+    # the size offsets take few distinct values (atlas galaxies): their rank correlations are sensitive to
+    # the distance interpolation used in the fit, hence the looser tolerance
+    np.testing.assert_allclose(fitted["corr"], DEV_PRIOR["corr"], atol=0.03)
