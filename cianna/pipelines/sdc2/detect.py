@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DetectSettings", "DEFAULT_MODEL", "load_model", "save_model", "parse_memory", "tile_starts",
+           "apply_calibration",
            "plan_chunks", "detect_candidates", "candidates_to_catalog", "detect", "write_catalog"]
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ class DetectSettings:
         DIoU threshold of both NMS stages (boxes with a higher DIoU than a better one are removed).
     pixel_arcsec : float
         Pixel size the model was trained for (a warning is given for other cubes).
+    calibration : dict
+        Linear corrections fitted on validation matches (:func:`cianna.pipelines.sdc2.tune.fit_calibration`):
+        ``{name: [a, b]}`` with ``log10 v -> a + b log10 v`` for line_flux_integral, hi_size and w20 and
+        ``i -> a + b i`` for the inclination.
     """
 
     tile: list = field(default_factory=lambda: [256, 128, 128])
@@ -77,6 +82,7 @@ class DetectSettings:
     threshold: float = 0.5
     nms_threshold: float = -0.2
     pixel_arcsec: float = 2.8
+    calibration: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "DetectSettings":
@@ -511,6 +517,7 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
         decreasing = len(cube.freqs) > 1 and cube.freqs[-1] < cube.freqs[0]
     sig = sigma[np.clip(np.round(z).astype(int), 0, len(sigma) - 1)] if len(rows) else np.zeros(0)
     par = decode_params(rows[:, 8:14], sig, dnu)
+    par = apply_calibration(par, settings.calibration)
     pa = np.mod(par["pa"] + (180.0 if decreasing else 0.0), 360.0)
     t = Table()
     t["id"] = np.arange(len(rows), dtype=np.int64)
@@ -532,6 +539,18 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     t.meta["threshold"] = float(thr)
     t.meta["nms_threshold"] = float(nthr)
     return t
+
+
+def apply_calibration(par: dict, calibration: dict | None) -> dict:
+    """Apply :attr:`DetectSettings.calibration` to decoded parameters (returns a new dict)."""
+    out = dict(par)
+    for name, (a, b) in (calibration or {}).items():
+        v = np.asarray(out[name], float)
+        if name == "i":
+            out[name] = np.clip(a + b * v, 0.0, 90.0)
+        else:
+            out[name] = 10.0 ** (a + b * np.log10(np.maximum(v, 1e-6)))
+    return out
 
 
 def write_catalog(table, path) -> str:

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["tune_threshold"]
+__all__ = ["tune_threshold", "fit_calibration", "export_model"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,41 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
     return best, rows
 
 
+def fit_calibration(match_df, min_matches: int = 20) -> dict:
+    """Linear corrections of the regressed properties from matched (submission, truth) pairs.
+
+    Parameters
+    ----------
+    match_df : pandas.DataFrame
+        The official scorer's match table (``score_sdc2(..., detail=True).match_df``): submitted columns and
+        their ``*_t`` truth counterparts.
+    min_matches : int
+        No calibration with fewer matches.
+
+    Returns
+    -------
+    dict
+        ``{name: [a, b]}`` (see :attr:`~cianna.pipelines.sdc2.detect.DetectSettings.calibration`); slopes are
+        limited to [0.5, 1.5].
+    """
+    if match_df is None or len(match_df) < min_matches:
+        return {}
+    out = {}
+    for name in ("line_flux_integral", "hi_size", "w20", "i"):
+        x = np.asarray(match_df[name], float)
+        y = np.asarray(match_df[name + "_t"], float)
+        if name != "i":
+            x, y = np.log10(np.maximum(x, 1e-6)), np.log10(np.maximum(y, 1e-6))
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < min_matches or np.std(x[ok]) == 0:
+            continue
+        b, a = np.polyfit(x[ok], y[ok], 1)
+        b = float(np.clip(b, 0.5, 1.5))
+        a = float(np.median(y[ok] - b * x[ok]))
+        out[name] = [a, b]
+    return out
+
+
 def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None):
     """Pick the checkpoint with the best validation score, tune its threshold and save it as a detector.
 
@@ -95,11 +130,28 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
         log.info("%s: best validation score %.2f at threshold %.2f", ck, b["score"].value, b["threshold"])
         if best is None or b["score"].value > best["score"].value:
             best = {"checkpoint": str(ck), "threshold": b["threshold"], "nms_threshold": b["nms_threshold"],
-                    "score": b["score"], "network": model[0], "grid": grid}
+                    "score": b["score"], "network": model[0], "grid": grid, "candidates": cand}
     final = replace(base, threshold=best["threshold"], nms_threshold=best["nms_threshold"])
+    # property calibration on the validation matches, kept only if it raises the validation score
+    from cianna.pipelines.sdc2.detect import candidates_to_catalog
+    from cianna.scoring.sdc2 import score_sdc2
+
+    cand = best["candidates"]
+    cand["settings"] = final
+    sc0 = score_sdc2(candidates_to_catalog(cube_path, cand), truth, detail=True)
+    calib = fit_calibration(sc0.match_df)
+    if calib:
+        cand["settings"] = replace(final, calibration=calib)
+        sc1 = score_sdc2(candidates_to_catalog(cube_path, cand), truth)
+        log.info("calibration %s: validation score %.2f -> %.2f", calib, sc0.value, sc1.value)
+        if sc1.value > sc0.value:
+            final = cand["settings"]
+            best["score"] = sc1
     meta = dict(info or {})
     meta.update({"checkpoint": best["checkpoint"], "validation_score": best["score"].as_dict(),
+                 "calibration": final.calibration,
                  "validation_grid": best["grid"], "checkpoints_compared": results})
     save_model(out_path, best["network"], final, meta)
     return {"checkpoint": best["checkpoint"], "threshold": best["threshold"], "score": best["score"].as_dict(),
+            "calibration": final.calibration,
             "all": results}
