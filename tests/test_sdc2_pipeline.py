@@ -220,3 +220,35 @@ def test_packaged_model_loads():
     net, cfg, settings, digest = load_model()
     assert cfg.fit_dim == 3 and cfg.nb_param == 6 and len(digest) == 16
     assert all(t % c == 0 for t, c in zip(settings.tile, CELL))
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.exists(), reason="packaged SDC2 model not built yet")
+def test_detect_without_model_argument_uses_packaged_model(tiny, tmp_path):
+    from cianna.scoring.sdc2 import score_sdc2
+
+    cube, truth, _ = tiny
+    t = detect(cube, tmp_path / "default.txt", progress=False)
+    assert t.meta["stats"]["tiles"] == 1 and (tmp_path / "default.txt").exists()
+    score_sdc2(tmp_path / "default.txt", truth)  # accepted by the official scorer
+
+
+def test_calibration_fit_and_apply():
+    import pandas as pd
+
+    from cianna.pipelines.sdc2.detect import apply_calibration
+    from cianna.pipelines.sdc2.tune import fit_calibration
+
+    rng = np.random.default_rng(2)
+    true = {"line_flux_integral": 10 ** rng.uniform(0.5, 2.5, 80), "hi_size": rng.uniform(4, 30, 80),
+            "w20": rng.uniform(80, 500, 80), "i": rng.uniform(20, 85, 80)}
+    pred = {"line_flux_integral": true["line_flux_integral"] * 0.5, "hi_size": true["hi_size"] * 1.3,
+            "w20": true["w20"] * 0.9, "i": true["i"] - 5.0}
+    df = pd.DataFrame({**pred, **{k + "_t": v for k, v in true.items()}})
+    cal = fit_calibration(df)
+    assert set(cal) == set(true)
+    out = apply_calibration(pred, cal)
+    for k in true:
+        np.testing.assert_allclose(out[k], np.clip(true[k], 0, 90) if k == "i" else true[k], rtol=1e-6, atol=1e-6)
+    assert fit_calibration(df.iloc[:5]) == {}
+    same = apply_calibration(pred, {})
+    np.testing.assert_array_equal(same["w20"], pred["w20"])
