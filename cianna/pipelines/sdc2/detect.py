@@ -389,7 +389,12 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
                 log.warning("resume file %s belongs to another cube/model/settings: starting afresh", state_path)
                 state = None
         if state is None:
-            sigma = noise_profile(cube.data)
+            # noise pass: channels per slab sized so that the slab and its temporaries fit the chunk budget
+            nz_, ny_, nx_ = shape
+            sub = max(1, int(math.ceil(math.sqrt(nx_ * ny_ / 262144))))
+            plane = int(math.ceil(ny_ / sub)) * int(math.ceil(nx_ / sub)) + ny_ * nx_ // sub
+            slab = 64 if not chunk_budget else int(min(64, max(1, chunk_budget // (40 * plane))))
+            sigma = noise_profile(cube.data, max_pixels=262144, slab_channels=slab)
             state = {"ident": ident, "sigma": sigma.tolist(), "tiles": {}}
         else:
             sigma = np.asarray(state["sigma"], float)
@@ -465,6 +470,9 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
         elapsed = time.perf_counter() - t0
     rows = [np.asarray(v, float).reshape(-1, len(CAND_COLUMNS)) for k, v in sorted(done.items())]
     rows = np.concatenate(rows) if rows else np.zeros((0, len(CAND_COLUMNS)))
+    import resource
+
+    peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     stats = {"seconds": time.perf_counter() - t_start, "inference_seconds": elapsed, "voxels": n_vox_total,
              "voxels_per_s": vox_done / elapsed if elapsed > 0 else float("nan"), "chunks": len(chunks),
              "tiles": sum(len(c["tiles"]) for c in chunks), "tiles_computed": n_computed, "peak_rss_bytes": peak, "tile": tile}
