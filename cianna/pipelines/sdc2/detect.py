@@ -359,16 +359,18 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
         tile, margin = effective_tile(shape, settings, CELL)
         axes = [tile_starts(n, t, m) for n, t, m in zip(shape, tile, margin)]
         tile_vox = int(np.prod(tile))
-        # budget: process baseline + activations (~ 40 bytes per tile voxel) + chunk blocks
+        # budget: process baseline + network activations and tile buffers (~ 64 bytes per tile voxel)
+        # + 96 MiB allocator slack + chunk blocks (12 bytes per voxel)
         budget = parse_memory(max_memory)
         chunk_budget = 0
+        fixed = rss0 + 64 * tile_vox + 96 * (1 << 20)
         if budget:
-            chunk_budget = budget - rss0 - 48 * tile_vox - 64 * (1 << 20)
+            chunk_budget = budget - fixed
             min_need = 12 * tile_vox
             if chunk_budget < min_need:
                 raise ValueError(f"--max-memory {max_memory}: too small; at least "
-                                 f"{(rss0 + 48 * tile_vox + 64 * (1 << 20) + min_need) / 2**20:.0f} MiB are "
-                                 f"needed (process {rss0 / 2**20:.0f} MiB + one {tile} tile)")
+                                 f"{(fixed + min_need) / 2**20:.0f} MiB are needed (process {rss0 / 2**20:.0f} MiB"
+                                 f" + one {tile} tile)")
         if chunk_bytes is not None:
             chunk_budget = int(chunk_bytes)
         chunks = plan_chunks(shape, tile, margin, chunk_budget)
