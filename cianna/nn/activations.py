@@ -162,6 +162,13 @@ class Relu(Activation):
         self.leaking = float(leaking)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            # on accelerators avoid the host sync of the saturation test: y = min(leaky(x), S + L·(x − S)) is
+            # exact (the second branch is below the first only above S) and autograd gives L there
+            y = nn.functional.leaky_relu(x, self.leaking)
+            if not math.isfinite(self.saturation):
+                return y
+            return torch.minimum(y, self.saturation * (1.0 - self.leaking) + self.leaking * x)
         if not torch.is_grad_enabled() or not x.requires_grad:
             y = nn.functional.leaky_relu(x, self.leaking)
             if math.isfinite(self.saturation) and y.numel() and y.amax() > self.saturation:

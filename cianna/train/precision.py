@@ -78,6 +78,9 @@ def autocast_dtype(precision: str):
 def precision_context(device: torch.device, precision: str):
     """Context manager running the enclosed forward pass in the requested precision on ``device``."""
     precision = resolve_precision(precision)
+    if device.type == "cpu" and precision in ("FP32C_FP32A", "TF32C_FP32A"):
+        yield  # nothing to switch on the CPU
+        return
     dtype = autocast_dtype(precision)
     saved = None
     if device.type == "cuda":
