@@ -70,7 +70,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet)
     meta = dict(model.meta)
     meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
-    save_model(args.out, model.network, res["thresholds"], meta)
+    save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale)
     print(json.dumps(res, indent=1, default=float))
     return 0
 

@@ -53,7 +53,7 @@ class SDC1Model:
     path : str or None
     """
 
-    def __init__(self, network, thresholds=None, meta=None, path=None):
+    def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0)):
         self.network = network
         self.config = network.layers[-1].activation.yolo_config
         nb = self.config.nb_box
@@ -63,6 +63,8 @@ class SDC1Model:
             raise ValueError(f"{len(self.thresholds)} objectness thresholds for {nb} priors")
         self.meta = dict(meta or {})
         self.path = path
+        #: Multiplicative (b_maj, b_min) correction of the regressed sizes, fitted on the validation field.
+        self.size_scale = tuple(float(v) for v in size_scale)
         self._by_size = {}
 
     def for_size(self, size: int):
@@ -74,11 +76,13 @@ class SDC1Model:
         return self._by_size[size]
 
 
-def save_model(path, network, thresholds, meta: dict | None = None) -> Path:
-    """Save a network and its per-prior thresholds as one safetensors file (``cianna.load`` reads it too)."""
+def save_model(path, network, thresholds, meta: dict | None = None, size_scale=(1.0, 1.0)) -> Path:
+    """Save a network, its per-prior thresholds and size correction as one safetensors file
+    (``cianna.load`` reads the network too)."""
     from cianna.train.checkpoint import save_checkpoint
 
-    state = {"sdc1": {"thresholds": [float(t) for t in thresholds], "meta": meta or {}}}
+    state = {"sdc1": {"thresholds": [float(t) for t in thresholds], "meta": meta or {},
+                      "size_scale": [float(v) for v in size_scale]}}
     return save_checkpoint(path, network, state=state)
 
 
@@ -103,7 +107,8 @@ def load_model(path: str | os.PathLike | None = None) -> SDC1Model:
     if not isinstance(getattr(net.layers[-1], "activation", None), YoloActivation):
         raise CheckpointError(f"{path}: not a YOLO network (last layer activation is not YOLO)")
     sd = (state or {}).get("sdc1", {}) if isinstance(state, dict) else {}
-    return SDC1Model(net.eval(), sd.get("thresholds"), sd.get("meta"), str(path))
+    return SDC1Model(net.eval(), sd.get("thresholds"), sd.get("meta"), str(path),
+                     sd.get("size_scale", (1.0, 1.0)))
 
 
 def _normalize_torch(x):
@@ -274,8 +279,9 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
     t["dec_cent"] = dec[sel] * u.deg
     t["flux"] = (par["flux_app"][sel] / pbv[sel]) * u.Jy
     t["core_frac"] = np.full(n, CORE_FRAC)
-    t["b_maj"] = par["bmaj"][sel] * u.arcsec
-    t["b_min"] = np.minimum(par["bmin"][sel], par["bmaj"][sel]) * u.arcsec
+    smaj, smin = model.size_scale
+    t["b_maj"] = par["bmaj"][sel] * smaj * u.arcsec
+    t["b_min"] = np.minimum(par["bmin"][sel], par["bmaj"][sel]) * smin * u.arcsec
     t["pa"] = par["pa"][sel] * u.deg
     t["size"] = np.full(n, SIZE_CLASS, dtype=np.int64)
     t["class"] = np.full(n, SOURCE_CLASS, dtype=np.int64)
