@@ -112,6 +112,16 @@ def test_cli_end_to_end_tiny_field_is_scored(field, tiny_model, tmp_path):
     assert len(cat) == len(lines) - 1
     s = score_sdc1(out, field.truth_path, area="all")
     assert s.n_det == len(cat)
+    import warnings
+
+    from ska_sdc import Sdc1Scorer  # the official scorer reads the file directly (one header line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        official = Sdc1Scorer.from_txt(str(out), field.truth_path, freq=560, sub_skiprows=1,
+                                       truth_skiprows=0).run(mode=0, train=False, detail=False)
+    if HAVE_MODEL:
+        assert official.n_match > 0
     assert (tmp_path / "cat.png").stat().st_size > 1000
     assert (tmp_path / "cat.reg").read_text().count("ellipse(") == len(cat)
     for ext in ("ecsv", "fits", "vot", "csv"):
