@@ -14,7 +14,7 @@ import sys
 __all__ = ["main", "build_parser"]
 
 #: sub-command modules, registered in this order
-COMMAND_MODULES = ["demo", "sdc1", "sdc2"]
+COMMAND_MODULES = ["demo", "sdc1", "sdc2", "sdc2_yolo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
