@@ -124,7 +124,7 @@ class _SaturatedLeakyRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, saturation, leaking):
         y = nn.functional.leaky_relu(x, leaking)
-        saturated = bool(math.isfinite(saturation) and y.numel() and y.amax() > saturation)
+        saturated = bool(math.isfinite(saturation) and y.numel() and y.amax().item() > saturation)
         if saturated:
             y = torch.where(x > saturation, saturation + (x - saturation) * leaking, y)
         ctx.save_for_backward(y)
@@ -171,7 +171,7 @@ class Relu(Activation):
             return torch.minimum(y, self.saturation * (1.0 - self.leaking) + self.leaking * x)
         if not torch.is_grad_enabled() or not x.requires_grad:
             y = nn.functional.leaky_relu(x, self.leaking)
-            if math.isfinite(self.saturation) and y.numel() and y.amax() > self.saturation:
+            if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
                 y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
             return y
         return _SaturatedLeakyRelu.apply(x, self.saturation, self.leaking)

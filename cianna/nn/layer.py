@@ -94,7 +94,15 @@ class Layer(nn.Module):
             gen = self._generator_fn(pre.device) if self._generator_fn is not None else None
             mask = torch.rand(pre.shape, device=pre.device, generator=gen) < keep
             return pre * mask.to(pre.dtype)
-        return pre * keep
+        return pre * self._keep_tensor(pre)
+
+    def _keep_tensor(self, like: torch.Tensor) -> torch.Tensor:
+        """Cached 0-dim ``1 − p`` on the device/dtype of ``like`` (avoids a scalar copy per call)."""
+        rate, cached = getattr(self, "_keep_cache", (None, None))
+        if cached is None or rate != self.drop_rate or cached.device != like.device or cached.dtype != like.dtype:
+            cached = torch.tensor(1.0 - self.drop_rate, device=like.device, dtype=like.dtype)
+            self._keep_cache = (self.drop_rate, cached)
+        return cached
 
     def forward(self, x: torch.Tensor, return_preact: bool = False):
         """Linear op, dropout, activation.
