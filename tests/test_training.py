@@ -189,3 +189,18 @@ def test_mnist_example_architecture():
     net = mnist_example_network()
     assert [layer.out_shape for layer in net.layers] == [(8, 28, 28), (8, 14, 14), (16, 14, 14), (16, 7, 7),
                                                           (256,), (128,), (10,)]
+
+
+def test_softmax_loss_value_and_cianna_delta():
+    from cianna.nn.activations import Softmax
+
+    pre = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    act = Softmax()
+    out = act(pre)
+    target = torch.tensor([[0, 1, 0, 0, 0], [0.5, 0.5, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.float64)
+    res = act.loss(pre, out, target, norm=4)
+    expected = -(target * torch.log(out.detach().clamp_min(1e-6))).sum() / 4
+    assert res.loss.item() == pytest.approx(expected.item())
+    res.loss.backward()
+    # CIANNA's delta o − t (not the exact softmax-CE gradient when a target row does not sum to 1)
+    torch.testing.assert_close(pre.grad, (out.detach() - target) / 4)

@@ -92,8 +92,8 @@ class Layer(nn.Module):
         keep = 1.0 - self.drop_rate
         if self.training or self.drop_mode == "MC_MODEL":
             gen = self._generator_fn(pre.device) if self._generator_fn is not None else None
-            mask = torch.rand(pre.shape, device=pre.device, generator=gen) < keep
-            return pre * mask.to(pre.dtype)
+            mask = torch.empty_like(pre).bernoulli_(keep, generator=gen)
+            return pre * mask
         return pre * self._keep_tensor(pre)
 
     def _keep_tensor(self, like: torch.Tensor) -> torch.Tensor:
