@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cianna.nn.layer import Layer, as_tuple
+from cianna.nn.layer import BiasInput, Layer, as_tuple
 
 __all__ = ["Conv", "insert_zeros", "conv_output_size"]
 
@@ -45,7 +45,7 @@ def insert_zeros(x: torch.Tensor, int_padding: tuple) -> torch.Tensor:
     return out
 
 
-class Conv(Layer):
+class Conv(BiasInput, Layer):
     """CIANNA convolution layer for 1D, 2D or 3D inputs.
 
     Parameters
@@ -79,9 +79,7 @@ class Conv(Layer):
         self.int_padding = as_tuple(int_padding, ndim, "int_padding")
         if any(s > k for s, k in zip(self.stride, self.kernel_size)):
             raise ValueError(f"stride={self.stride} larger than kernel_size={self.kernel_size} (CIANNA forbids it)")
-        # 0-dim tensor holding the bias input: multiplying by a tensor avoids a scalar-to-tensor copy per call
-        self.register_buffer("_bias_scale", torch.tensor(float(bias_value)), persistent=False)
-        self._bias_value = float(bias_value)
+        self._init_bias_input(bias_value)
         out = self.out_shape
         if any(s < 1 for s in out[1:]):
             raise ValueError(f"Conv kernel {self.kernel_size} with padding {self.padding} does not fit the "
@@ -90,16 +88,6 @@ class Conv(Layer):
         self.weight = nn.Parameter(torch.zeros(self.out_channels, c_in, *self.kernel_size))
         self.bias_weight = nn.Parameter(torch.zeros(self.out_channels))
         self._conv = _CONV[ndim]
-
-    @property
-    def bias_value(self) -> float:
-        """Constant bias input of the layer."""
-        return self._bias_value
-
-    @bias_value.setter
-    def bias_value(self, value: float) -> None:
-        self._bias_value = float(value)
-        self._bias_scale.fill_(self._bias_value)
 
     @property
     def fan_in(self) -> int:
@@ -122,7 +110,7 @@ class Conv(Layer):
         if x.dim() == 2:  # dense -> conv reshape
             x = x.reshape(x.shape[0], *self.in_shape)
         x = insert_zeros(x, self.int_padding)
-        return self._conv(x, self.weight, self.bias_weight * self._bias_scale, self.stride, self.padding)
+        return self._conv(x, self.weight, self.bias_term(), self.stride, self.padding)
 
     def config(self) -> dict:
         return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size),

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cianna.nn.layer import Layer
+from cianna.nn.layer import BiasInput, Layer
 
 __all__ = ["Dense"]
 
 
-class Dense(Layer):
+class Dense(BiasInput, Layer):
     """Fully connected layer; inputs of any shape are flattened per example (PyTorch ``flatten(1)``).
 
     Parameters
@@ -43,31 +43,9 @@ class Dense(Layer):
             raise ValueError(f"out_features={out_features} must be >= 1")
         self.out_features = int(out_features)
         self.in_features = int(math.prod(self.in_shape))
-        self.register_buffer("_bias_scale", torch.tensor(float(bias_value)), persistent=False)
-        self._bias_value = float(bias_value)
-        self._bias_input_scale = 1.0
+        self._init_bias_input(bias_value)
         self.weight = nn.Parameter(torch.zeros(self.out_features, self.in_features))
         self.bias_weight = nn.Parameter(torch.zeros(self.out_features))
-
-    @property
-    def bias_value(self) -> float:
-        """Constant bias input of the layer."""
-        return self._bias_value
-
-    @bias_value.setter
-    def bias_value(self, value: float) -> None:
-        self._bias_value = float(value)
-        self._bias_scale.fill_(self._bias_value * self._bias_input_scale)
-
-    @property
-    def bias_input_scale(self) -> float:
-        """1, or 0 when CIANNA V-1.0 would feed this layer a zeroed pivot (``dense_pivot_zeroing``)."""
-        return self._bias_input_scale
-
-    @bias_input_scale.setter
-    def bias_input_scale(self, value: float) -> None:
-        self._bias_input_scale = float(value)
-        self._bias_scale.fill_(self._bias_value * self._bias_input_scale)
 
     @property
     def fan_in(self) -> int:
@@ -85,9 +63,7 @@ class Dense(Layer):
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b`` on ``x`` flattened to (N, F_in)."""
         x = x.reshape(x.shape[0], -1)
-        if self._bias_value * self._bias_input_scale == 0.0:
-            return F.linear(x, self.weight)
-        return F.linear(x, self.weight, self.bias_weight * self._bias_scale)
+        return F.linear(x, self.weight, self.bias_term())
 
     def config(self) -> dict:
         return {"out_features": self.out_features, "bias_value": self.bias_value, **self._common_config()}

@@ -12,7 +12,7 @@ from torch import nn
 
 from cianna.nn.activations import Activation, parse_activation
 
-__all__ = ["Layer", "DROP_MODES", "as_tuple"]
+__all__ = ["Layer", "BiasInput", "DROP_MODES", "as_tuple"]
 
 #: inference drop modes: weight scaling or Monte-Carlo sampling
 DROP_MODES = ("AVG_MODEL", "MC_MODEL")
@@ -123,3 +123,47 @@ class Layer(nn.Module):
 
     def _common_config(self) -> dict:
         return {"activation": self.activation.config(), "drop_rate": self.drop_rate}
+
+
+class BiasInput:
+    """CIANNA's bias-as-input for conv and dense layers (``framework.md`` §4.3).
+
+    The effective bias of output ``o`` is ``bias_weight[o] · bias_value · bias_input_scale``; the constant is
+    also kept as a non-persistent 0-dim buffer so the forward multiplies two tensors (no scalar-to-tensor
+    copy per call). ``bias_input_scale`` is 1, or 0 where CIANNA V-1.0 feeds a zeroed dense pivot.
+    Call :meth:`_init_bias_input` from ``__init__`` (after ``nn.Module.__init__``).
+    """
+
+    def _init_bias_input(self, bias_value: float) -> None:
+        self.register_buffer("_bias_scale", torch.tensor(float(bias_value)), persistent=False)
+        self._bias_value = float(bias_value)
+        self._bias_input_scale = 1.0
+
+    def _refresh_bias_scale(self) -> None:
+        self._bias_scale.fill_(self._bias_value * self._bias_input_scale)
+
+    @property
+    def bias_value(self) -> float:
+        """Constant bias input of the layer."""
+        return self._bias_value
+
+    @bias_value.setter
+    def bias_value(self, value: float) -> None:
+        self._bias_value = float(value)
+        self._refresh_bias_scale()
+
+    @property
+    def bias_input_scale(self) -> float:
+        """1, or 0 when CIANNA V-1.0 would feed this layer a zeroed pivot (``dense_pivot_zeroing``)."""
+        return self._bias_input_scale
+
+    @bias_input_scale.setter
+    def bias_input_scale(self, value: float) -> None:
+        self._bias_input_scale = float(value)
+        self._refresh_bias_scale()
+
+    def bias_term(self):
+        """Effective bias tensor, shape (out,), or None when the bias input is 0."""
+        if self._bias_value * self._bias_input_scale == 0.0:
+            return None
+        return self.bias_weight * self._bias_scale

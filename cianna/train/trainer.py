@@ -136,6 +136,8 @@ class Trainer:
             log.warning("loss_scale=%s ignored outside the FP16 modes (CIANNA forces it to 1)", loss_scale)
             self.loss_scale = 1.0
         self._pending_order = None
+        self._train_data = None  # data of the current iteration (its order goes into checkpoints)
+        self._stream_size = None  # examples per iteration measured on a stream of batches
 
     # ------------------------------------------------------------------ set-up
     def _param_groups(self):
@@ -215,7 +217,7 @@ class Trainer:
         # examples per iteration (YOLO's random start-up counts iteration × size); for a stream of batches of
         # unknown length, the size measured in the previous iteration (or the running count in the first)
         known = len(data) if isinstance(data, ArrayDataset) else (getattr(train, "size", None)
-                                                                 or getattr(self, "_stream_size", None))
+                                                                 or self._stream_size)
         batches = (data.batches(self.batch_size, sgd_generator=self.generator if sgd_mode else None)
                    if isinstance(data, ArrayDataset) else iter(data))
         total = data.num_batches(self.batch_size) if isinstance(data, ArrayDataset) and not sgd_mode else None
@@ -386,7 +388,7 @@ class Trainer:
         for key, gen in self.network._drop_generators.items():
             if key == "cpu":
                 tensors["rng.dropout.cpu"] = gen.get_state()
-        data = getattr(self, "_train_data", None)
+        data = self._train_data
         if isinstance(data, ArrayDataset):
             tensors["data.train_order"] = data.order
         path = save_checkpoint(path, self.network, state=self.state(), tensors=tensors)
