@@ -73,6 +73,13 @@ class DetectSettings:
         Linear corrections fitted on validation matches (:func:`cianna.pipelines.sdc2.tune.fit_calibration`):
         ``{name: [a, b]}`` with ``log10 v -> a + b log10 v`` for line_flux_integral, hi_size and w20 and
         ``i -> a + b i`` for the inclination.
+    pa_mode : {"kinematic", "side", "network"}
+        Where the catalogue's PA comes from (:mod:`cianna.pipelines.sdc2.kinematics`): ``"kinematic"`` measures
+        it from the drift of the channel centroids around each detection (the network's PA is kept where that
+        cannot be measured), ``"side"`` keeps the network's axis and takes only the receding side from the
+        kinematics, ``"network"`` uses the regressed ``cos``/``sin`` as they are.
+    pa_clip : float
+        Clip level (robust rms of the smoothed box) of the kinematic measurement.
     """
 
     tile: list = field(default_factory=lambda: [256, 128, 128])
@@ -83,6 +90,8 @@ class DetectSettings:
     nms_threshold: float = -0.2
     pixel_arcsec: float = 2.8
     calibration: dict = field(default_factory=dict)
+    pa_mode: str = "kinematic"
+    pa_clip: float = 4.0
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "DetectSettings":
@@ -548,6 +557,15 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
         t[k].unit = v
     t.meta["threshold"] = float(thr)
     t.meta["nms_threshold"] = float(nthr)
+    if settings.pa_mode != "network" and len(t):
+        from cianna.pipelines.sdc2.kinematics import refine_pa
+
+        mode = {"kinematic": "replace", "side": "side"}.get(settings.pa_mode)
+        if mode is None:
+            raise ValueError(f"DetectSettings.pa_mode must be 'kinematic', 'side' or 'network', "
+                             f"got {settings.pa_mode!r}")
+        t = refine_pa(cube_path, t, mode=mode, clip=settings.pa_clip)
+        t.meta["pa_mode"] = settings.pa_mode
     return t
 
 
