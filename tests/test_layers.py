@@ -191,6 +191,25 @@ def test_relu_matches_numpy_including_saturation():
     np.testing.assert_allclose(got2, np_relu(x, 2.0, 0.1))
 
 
+def test_inference_bias_cache_follows_weight_changes():
+    """Without autograd the effective bias is cached; in-place updates, bias_value and dtype changes renew it."""
+    layer = Dense((5,), 3, activation="LIN", bias_value=0.5)
+    x = torch.zeros(2, 5)
+    with torch.no_grad():
+        layer.bias_weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        np.testing.assert_allclose(layer(x)[0].numpy(), [0.5, 1.0, 1.5])
+        layer.bias_weight.add_(1.0)  # optimizer-style in-place update
+        np.testing.assert_allclose(layer(x)[0].numpy(), [1.0, 1.5, 2.0])
+        layer.bias_value = 2.0
+        np.testing.assert_allclose(layer(x)[0].numpy(), [4.0, 6.0, 8.0])
+        layer.double()
+        assert layer(x.double()).dtype == torch.float64
+        np.testing.assert_allclose(layer(x.double())[0].numpy(), [4.0, 6.0, 8.0])
+    # with autograd the bias weight receives its gradient (times the bias input)
+    layer(x.double()).sum().backward()
+    np.testing.assert_allclose(layer.bias_weight.grad.numpy(), [4.0, 4.0, 4.0])
+
+
 def test_relu_gradient_in_all_regions():
     x = torch.tensor([-3.0, 1.0, 5.0], dtype=torch.float64, requires_grad=True)
     Relu(saturation=4.0, leaking=0.1)(x).sum().backward()

@@ -118,28 +118,6 @@ class Linear(Activation):
         return "LIN"
 
 
-class _SaturatedLeakyRelu(torch.autograd.Function):
-    """Saturated leaky ReLU as one fused leaky_relu, plus a correction only when the saturation is reached."""
-
-    @staticmethod
-    def forward(ctx, x, saturation, leaking):
-        y = nn.functional.leaky_relu(x, leaking)
-        saturated = bool(math.isfinite(saturation) and y.numel() and y.amax().item() > saturation)
-        if saturated:
-            y = torch.where(x > saturation, saturation + (x - saturation) * leaking, y)
-        ctx.save_for_backward(y)
-        ctx.saturation, ctx.leaking, ctx.saturated = saturation, leaking, saturated
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        g = torch.ops.aten.leaky_relu_backward(grad, y, ctx.leaking, True)
-        if ctx.saturated:
-            g = torch.where(y > ctx.saturation, grad * ctx.leaking, g)
-        return g, None, None
-
-
 class Relu(Activation):
     """CIANNA saturated leaky ReLU (``RELU``).
 
@@ -169,12 +147,12 @@ class Relu(Activation):
             if not math.isfinite(self.saturation):
                 return y
             return torch.minimum(y, self.saturation * (1.0 - self.leaking) + self.leaking * x)
-        if not torch.is_grad_enabled() or not x.requires_grad:
-            y = nn.functional.leaky_relu(x, self.leaking)
-            if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
-                y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
-            return y
-        return _SaturatedLeakyRelu.apply(x, self.saturation, self.leaking)
+        # on the CPU a host-side test is cheap: one fused leaky_relu (native autograd: derivative 1 where
+        # x > 0, L elsewhere), plus the saturated branch only when some value exceeds S (autograd gives L there).
+        y = nn.functional.leaky_relu(x, self.leaking)
+        if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
+            y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
+        return y
 
     def to_string(self) -> str:
         return f"RELU_S{self.saturation:.2f}_L{self.leaking:.2f}"
@@ -236,6 +214,8 @@ class Softmax(Activation):
     output_only = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return torch.softmax(x, dim=1)
         return torch.softmax(x.flatten(1), dim=1).reshape(x.shape)
 
     def to_string(self) -> str:
@@ -243,13 +223,25 @@ class Softmax(Activation):
 
     def loss(self, preact, output, target, *, norm, context=None):
         target = target.reshape(output.shape).to(output.dtype)
-        with torch.no_grad():
-            total = -(target * torch.log(output.clamp_min(1e-6))).sum()
-            delta = output - target
-        lin = (preact * delta).sum()
-        # value: the displayed loss / norm; gradient w.r.t. preact: (o − t) / norm
-        loss = (lin - lin.detach() + total) / norm
+        loss, total = _SoftmaxCrossEntropy.apply(preact, output.detach(), target, float(norm))
         return LossResult(loss=loss, total=float(total))
+
+
+class _SoftmaxCrossEntropy(torch.autograd.Function):
+    """CIANNA's softmax loss in one autograd node: value ``−Σ t·log(max(o, 1e−6)) / norm``, gradient w.r.t.
+    the pre-activation ``(o − t) / norm`` (second output: the un-normalised sum, not differentiable)."""
+
+    @staticmethod
+    def forward(ctx, preact, output, target, norm):
+        total = -(target * torch.log(output.clamp_min(1e-6))).sum()
+        ctx.save_for_backward((output - target).div_(norm))
+        ctx.mark_non_differentiable(total)
+        return total / norm, total
+
+    @staticmethod
+    def backward(ctx, grad, _grad_total):
+        (delta,) = ctx.saved_tensors
+        return delta * grad, None, None, None
 
 
 _REGISTRY: dict[str, type] = {"LIN": Linear, "RELU": Relu, "LOGI": Logistic, "SMAX": Softmax}

@@ -62,7 +62,8 @@ class Dense(BiasInput, Layer):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W.T + b`` on ``x`` flattened to (N, F_in)."""
-        x = x.reshape(x.shape[0], -1)
+        if x.dim() != 2:
+            x = x.reshape(x.shape[0], -1)
         return F.linear(x, self.weight, self.bias_term())
 
     def config(self) -> dict:

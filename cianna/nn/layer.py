@@ -7,6 +7,8 @@ non-inverted kind: kept values are not rescaled in training, and inference eithe
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -113,7 +115,9 @@ class Layer(nn.Module):
         return_preact : bool
             Also return the pre-activation (after dropout), needed by output losses.
         """
-        pre = self.dropout(self.linear(x))
+        pre = self.linear(x)
+        if self.drop_rate > 0.01:
+            pre = self.dropout(pre)
         out = self.activation(pre)
         return (pre, out) if return_preact else out
 
@@ -164,6 +168,16 @@ class BiasInput:
 
     def bias_term(self):
         """Effective bias tensor, shape (out,), or None when the bias input is 0."""
-        if self._bias_value * self._bias_input_scale == 0.0:
+        scale = self._bias_value * self._bias_input_scale
+        if scale == 0.0:
             return None
-        return self.bias_weight * self._bias_scale
+        b = self.bias_weight
+        if torch.is_grad_enabled():
+            return b * self._bias_scale
+        # inference: reuse the product until the bias weights change
+        key = (b._version, b.data_ptr(), b.device, scale)
+        cached = self.__dict__.get("_bias_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, b.detach() * self._bias_scale)
+            self.__dict__["_bias_cache"] = cached
+        return cached[1]

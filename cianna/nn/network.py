@@ -280,10 +280,10 @@ class Network(nn.Module):
             raise RuntimeError("the network has no layer")
         if start == 0:
             x = self.check_input(x)
-        last = len(self.layers) - 1
-        for i in range(start, last):
-            x = self.layers[i](x)
-        return self.layers[last](x, return_preact=return_preact)
+        layers = list(self.layers._modules.values())  # plain list: ModuleList indexing is slow per call
+        for layer in layers[start:-1]:
+            x = layer(x)
+        return layers[-1](x, return_preact=return_preact)
 
     def first_dropout_layer(self) -> int | None:
         """Index of the first layer with dropout, or None."""
