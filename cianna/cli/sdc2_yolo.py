@@ -1,4 +1,4 @@
-"""``cianna sdc2 train`` and ``cianna sdc2 detect``: the 3D YOLO-CIANNA SDC2 detector.
+"""``cianna sdc2 train``, ``cianna sdc2 detect`` and ``cianna sdc2 tune``: the 3D YOLO-CIANNA SDC2 detector.
 
 Added to the ``sdc2`` command group through :func:`cianna.cli.sdc2.get_sdc2_subparsers` (this module must be
 listed in ``cianna.cli.COMMAND_MODULES``).
@@ -37,8 +37,25 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    import json
+
+    from cianna.pipelines.sdc2.tune import export_model
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists (use --overwrite)")
+    missing = [c for c in args.checkpoints if not os.path.exists(c)]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+    res = export_model(args.checkpoints, args.cube, args.truth, args.out, min_purity=args.min_purity,
+                       info={"command": "cianna sdc2 tune", "validation_cube": args.cube})
+    print(json.dumps({k: v for k, v in res.items() if k != "all"}, indent=1, default=float))
+    print(f"model -> {args.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``cianna sdc2 train|detect`` to the ``sdc2`` group."""
+    """Add ``cianna sdc2 train|detect|tune`` to the ``sdc2`` group."""
     from cianna.cli.sdc2 import get_sdc2_subparsers
 
     sub = get_sdc2_subparsers(subparsers)
@@ -62,3 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_detect)
+
+    p = sub.add_parser("tune", help="choose checkpoint, threshold and calibration on a validation cube and "
+                                    "export a detector model")
+    p.add_argument("checkpoints", nargs="+", help="training checkpoints to compare")
+    p.add_argument("--cube", required=True, help="validation cube (never the cube you will report a score on)")
+    p.add_argument("--truth", required=True, help="its truth catalogue")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--min-purity", type=float, default=0.0, help="validation purity the threshold must reach")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_tune)

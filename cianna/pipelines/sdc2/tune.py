@@ -15,7 +15,8 @@ __all__ = ["tune_threshold", "fit_calibration", "export_model"]
 log = logging.getLogger(__name__)
 
 
-def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thresholds=(-0.2,)):
+def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thresholds=(-0.2,),
+                   min_purity: float = 0.0):
     """Grid search of the final score (and NMS) threshold that maximises the official SDC2 score.
 
     Parameters
@@ -30,6 +31,9 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
         Score thresholds to try (default 0.1 ... 0.9).
     nms_thresholds : sequence of float
         DIoU thresholds of the second NMS stage to try.
+    min_purity : float
+        Only grid points whose validation purity reaches this value compete (an operating point with a
+        purity requirement); when none does, the purest point is taken and a warning logged.
 
     Returns
     -------
@@ -41,19 +45,29 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
     from cianna.pipelines.sdc2.detect import candidates_to_catalog
     from cianna.scoring.sdc2 import score_sdc2
 
+    from dataclasses import replace
+
     if thresholds is None:
-        thresholds = np.round(np.arange(0.1, 0.91, 0.05), 3)
-    rows, best = [], None
+        thresholds = np.round(np.arange(0.1, 0.951, 0.05), 3)
+    # the PA does not take part in the matching: measure it (kinematics, slow) only for the final choice
+    grid_cand = dict(candidates, settings=replace(candidates["settings"], pa_mode="network"))
+    rows, points = [], []
     for nthr in nms_thresholds:
         for thr in thresholds:
-            cat = candidates_to_catalog(cube_path, candidates, threshold=float(thr), nms_threshold=float(nthr))
+            cat = candidates_to_catalog(cube_path, grid_cand, threshold=float(thr), nms_threshold=float(nthr))
             sc = score_sdc2(cat, truth)
             rows.append({"threshold": float(thr), "nms_threshold": float(nthr), "value": sc.value,
                          "n_det": sc.n_det, "n_match": sc.n_match, "purity": sc.purity})
-            if best is None or sc.value > best["score"].value:
-                best = {"threshold": float(thr), "nms_threshold": float(nthr), "score": sc}
-    log.info("best validation threshold %.3g (nms %.3g): score %.2f", best["threshold"], best["nms_threshold"],
-             best["score"].value)
+            points.append((float(thr), float(nthr), sc))
+    eligible = [p for p in points if p[2].purity >= min_purity]
+    if not eligible:
+        log.warning("no threshold reaches a validation purity of %.3f; taking the purest", min_purity)
+        eligible = [max(points, key=lambda p: (p[2].purity, p[2].value))]
+    thr, nthr, _ = max(eligible, key=lambda p: p[2].value)
+    sc = score_sdc2(candidates_to_catalog(cube_path, candidates, threshold=thr, nms_threshold=nthr), truth)
+    best = {"threshold": thr, "nms_threshold": nthr, "score": sc}
+    log.info("best validation threshold %.3g (nms %.3g, purity >= %.3f): score %.2f, purity %.3f", thr, nthr,
+             min_purity, sc.value, sc.purity)
     return best, rows
 
 
@@ -92,7 +106,7 @@ def fit_calibration(match_df, min_matches: int = 20) -> dict:
     return out
 
 
-def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None):
+def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None, min_purity: float = 0.0):
     """Pick the checkpoint with the best validation score, tune its threshold and save it as a detector.
 
     Parameters
@@ -107,6 +121,8 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
         Base inference settings (default :class:`~cianna.pipelines.sdc2.detect.DetectSettings`).
     info : dict, optional
         Provenance stored with the model.
+    min_purity : float
+        Validation purity the chosen threshold must reach (see :func:`tune_threshold`).
 
     Returns
     -------
@@ -123,7 +139,7 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
     for ck in checkpoints:
         model = load_model(ck)
         cand = detect_candidates(cube_path, model=model, settings=replace(base, pre_threshold=0.05), progress=False)
-        b, grid = tune_threshold(cube_path, cand, truth)
+        b, grid = tune_threshold(cube_path, cand, truth, min_purity=min_purity)
         entry = {"checkpoint": str(ck), "threshold": b["threshold"], "value": b["score"].value,
                  "voxels_per_s": cand["stats"]["voxels_per_s"]}
         results.append(entry)
@@ -149,6 +165,7 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
             best["score"] = sc1
     meta = dict(info or {})
     meta.update({"checkpoint": best["checkpoint"], "validation_score": best["score"].as_dict(),
+                 "min_purity": min_purity,
                  "calibration": final.calibration,
                  "validation_grid": best["grid"], "checkpoints_compared": results})
     save_model(out_path, best["network"], final, meta)
