@@ -4,6 +4,7 @@
 
     cianna sdc1 train [--config configs/sdc1_train.json] [--out-dir DIR] [--nb-iter N] [--max-minutes M]
     cianna sdc1 detect IMAGE [--pb PB] [--model M] --out CATALOG [--regions R.reg] [--png P.png]
+                              [--refine {gauss,none}]
     cianna sdc1 tune MODEL VALID_FIELD_DIR --out MODEL_OUT          (per-prior thresholds on a validation field)
     cianna sdc1 demo --out DIR [--size 1024] [--seed 12345] [--no-pybdsf]
 
@@ -47,7 +48,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     try:
         cat = detect_image(args.image, pb=args.pb, model=args.model, thresholds=thresholds,
                            tile_size=args.tile_size, batch_size=args.batch_size, threads=args.threads,
-                           progress=not args.quiet)
+                           progress=not args.quiet, refine=args.refine)
         write_catalog(cat, args.out)
         if args.regions:
             write_ds9(cat, args.regions)
@@ -148,6 +149,9 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-size", type=int, default=512, help="inference tile side in pixels (default 512)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per network call (default 4)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--refine", choices=("gauss", "none"), default="gauss",
+                   help="per-source 2-D Gaussian fit of position, flux, sizes and PA (default gauss); "
+                        "none = the network's values")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 
