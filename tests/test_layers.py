@@ -210,6 +210,28 @@ def test_inference_bias_cache_follows_weight_changes():
     np.testing.assert_allclose(layer.bias_weight.grad.numpy(), [4.0, 4.0, 4.0])
 
 
+def test_inference_relu_in_place_matches_and_spares_the_input():
+    """Without autograd the RELU of a layer runs in place on its fresh pre-activation: same values (saturated
+    branch included), the layer input untouched, also for a layer whose linear op returns its input."""
+    x = torch.tensor([[-50.0, -1.0, 0.0, 0.5, 10.0, 799.0, 801.0, 2000.0]])
+    r = Relu()
+    np.testing.assert_array_equal(r.forward_inplace(x.clone()).numpy(), r(x).numpy())
+    layer = Dense((8,), 8, activation="RELU", bias_value=0.0)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(8) * 3.0)
+        ref = r(x * 3.0)
+        np.testing.assert_array_equal(layer(x).numpy(), ref.numpy())
+    # a linear op that returns its input (identity norm): the activation must not overwrite the caller's tensor
+    gn = GroupNorm((4, 3), group_size=2, activation="RELU")
+    gn.linear = lambda t: t
+    inp = torch.tensor([[[-1.0, 2.0, 900.0]] * 4])
+    keep = inp.clone()
+    with torch.no_grad():
+        out = gn(inp)
+    assert torch.equal(inp, keep)
+    np.testing.assert_array_equal(out.numpy(), r(keep).numpy())
+
+
 def test_relu_gradient_in_all_regions():
     x = torch.tensor([-3.0, 1.0, 5.0], dtype=torch.float64, requires_grad=True)
     Relu(saturation=4.0, leaking=0.1)(x).sum().backward()

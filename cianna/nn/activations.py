@@ -72,6 +72,12 @@ class Activation(nn.Module):
     name = "LIN"
     #: True when the activation may only be used on the output layer.
     output_only = False
+    #: True when :meth:`forward_inplace` overwrites its input instead of allocating (inference only).
+    supports_inplace = False
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """Like ``forward`` but may overwrite ``x`` (used without autograd on fresh pre-activations)."""
+        return self.forward(x)
 
     def to_string(self) -> str:  # pragma: no cover - overridden
         """Return the CIANNA activation string (e.g. ``"RELU_S800.00_L0.05"``)."""
@@ -152,6 +158,16 @@ class Relu(Activation):
         y = nn.functional.leaky_relu(x, self.leaking)
         if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
             y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
+        return y
+
+    supports_inplace = True
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """In-place variant for inference (no autograd): ``x`` is overwritten with the output."""
+        y = nn.functional.leaky_relu_(x, self.leaking)
+        if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
+            over = y > self.saturation  # y = x there
+            y[over] = self.saturation + (y[over] - self.saturation) * self.leaking
         return y
 
     def to_string(self) -> str:

@@ -118,8 +118,13 @@ class Layer(nn.Module):
         pre = self.linear(x)
         if self.drop_rate > 0.01:
             pre = self.dropout(pre)
-        out = self.activation(pre)
-        return (pre, out) if return_preact else out
+        act = self.activation
+        if return_preact:
+            return pre, act(pre)
+        if (act.supports_inplace and not torch.is_grad_enabled() and not act._forward_hooks
+                and pre.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()):
+            return act.forward_inplace(pre)  # inference: the fresh pre-activation is not needed afterwards
+        return act(pre)
 
     def extra_repr(self) -> str:
         drop = f", drop_rate={self.drop_rate}" if self.has_dropout else ""
