@@ -57,6 +57,7 @@ class CompatSwitches:
     yolo_association_quirks: bool = True
 
     def as_dict(self) -> dict:
+        """Plain ``{field: value}`` dict of the switches."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
@@ -133,6 +134,7 @@ class _Registry:
         self.logo_shown = False
 
     def reset(self) -> None:
+        """Forget every network created through the interface (a fresh session)."""
         self.networks.clear()
         self.last = None
         self.switches = CompatSwitches()

@@ -142,6 +142,8 @@ def train(cfg: dict) -> Path:
 
 
 def main(argv=None) -> int:
+    """``python -m cianna.pipelines.sdc1.train CONFIG``: train from a JSON config (same as ``cianna sdc1
+    train --config CONFIG``); returns the exit code."""
     import argparse
 
     p = argparse.ArgumentParser(description="train the YOLO-CIANNA SDC1 network")

@@ -95,6 +95,8 @@ class DetectSettings:
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "DetectSettings":
+        """Settings from a stored dict; unknown keys are ignored and missing ones take their defaults (so
+        models saved by older versions load)."""
         data = dict(data or {})
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -145,6 +147,7 @@ def load_model(path=None):
 
 
 def torch_uint8():
+    """``torch.uint8``, imported lazily (keeps ``import cianna.pipelines.sdc2.detect`` light)."""
     import torch
 
     return torch.uint8

@@ -42,10 +42,12 @@ class KinematicPA(tuple):
 
     @property
     def pa(self) -> float:
+        """Receding-side PA in degrees east of north (NaN when not measured)."""
         return self[0]
 
     @property
     def significance(self) -> float:
+        """Centroid-drift slope over its standard error (0 when not measured)."""
         return self[1]
 
 
