@@ -130,7 +130,8 @@ def test_failed_or_faint_fits_keep_network_values(grid_field):
         np.testing.assert_array_equal(ref[c][1:].value, net[c][1:].value)
     assert ref["flux"][0].to_value(u.Jy) == pytest.approx(1e-4, rel=0.02)
     # a threshold of inf disables every group: the network's values everywhere
-    off = refine_catalog(net, path, min_snr={k: math.inf for k in ("position", "flux", "size", "b_min", "pa")})
+    off = refine_catalog(net, path, min_snr={k: math.inf for k in ("position", "flux", "flux_beam", "size", "b_min",
+                                                                "pa")})
     assert (off["refined"] == 0).all()
     for c in ("flux", "b_maj", "b_min", "pa", "x", "y"):
         np.testing.assert_array_equal(off[c].value, net[c].value)
@@ -153,6 +154,9 @@ def test_simulated_field_bright_isolated_sources(tmp_path):
     assert ref["fit_ok"].mean() > 0.9
     ratio = ref["flux"].to_value(u.Jy) / flux[sel]
     assert np.median(np.abs(ratio - 1)) < 0.08, ratio      # the "network" input is 30 % off
+    beam_shaped = (np.asarray(ref["refined"]) & 32) > 0       # fainter ones: flux from the fixed-shape fit
+    assert 0 < beam_shaped.sum() < len(ref)
+    assert np.median(np.abs(ratio[beam_shaped] - 1)) < 0.1
     big = bmaj > 2.5
     if big.any():   # well-resolved sources: size and PA close to the truth
         assert np.median(np.abs(ref["b_maj"].to_value(u.arcsec)[big] / bmaj[big] - 1)) < 0.1
