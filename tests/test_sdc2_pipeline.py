@@ -281,3 +281,29 @@ def test_tune_cli_exports_model_with_purity_constraint(tiny, tmp_path, capsys):
     # an existing model is not overwritten without --overwrite (CLI error, exit code 1)
     assert main(["sdc2", "tune", str(model), "--cube", str(cube), "--truth", str(truth), "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
+
+
+def test_average_checkpoints(tiny, tmp_path):
+    """The averaged model holds the mean of the weights; other architectures are refused."""
+    from cianna.cli import main
+
+    _, _, model = tiny
+    net_a = load_model(model)[0]
+    net_b = build_network((1, 64, 32, 32), make_yolo_config(), seed=4)
+    other = save_model(tmp_path / "b.safetensors", net_b, SETTINGS)
+    out = tmp_path / "avg.safetensors"
+    assert main(["sdc2", "average", str(model), str(other), "--out", str(out)]) == 0
+    avg = load_model(out)[0].state_dict()
+    a, b = net_a.state_dict(), net_b.state_dict()
+    for k in a:
+        torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2)
+    assert load_model(out)[2] == SETTINGS
+    wrong = save_model(tmp_path / "w.safetensors",
+                       build_network((1, 64, 32, 32), make_yolo_config(), seed=4, norm=True), SETTINGS)
+    from cianna.pipelines.sdc2.tune import average_checkpoints
+
+    with pytest.raises(ValueError, match="not the same architecture"):
+        average_checkpoints([model, wrong], tmp_path / "bad.safetensors")
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([model], tmp_path / "bad.safetensors")
+

@@ -1,4 +1,4 @@
-"""``cianna sdc2 train``, ``cianna sdc2 detect`` and ``cianna sdc2 tune``: the 3D YOLO-CIANNA SDC2 detector.
+"""``cianna sdc2 train``, ``detect``, ``tune`` and ``average``: the 3D YOLO-CIANNA SDC2 detector.
 
 Added to the ``sdc2`` command group through :func:`cianna.cli.sdc2.get_sdc2_subparsers` (this module must be
 listed in ``cianna.cli.COMMAND_MODULES``).
@@ -54,8 +54,21 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _average(args: argparse.Namespace) -> int:
+    from cianna.pipelines.sdc2.tune import average_checkpoints
+
+    if os.path.exists(args.out) and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists (use --overwrite)")
+    missing = [c for c in args.checkpoints if not os.path.exists(c)]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+    average_checkpoints(args.checkpoints, args.out, info={"command": "cianna sdc2 average"})
+    print(f"average of {len(args.checkpoints)} checkpoints -> {args.out}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``cianna sdc2 train|detect|tune`` to the ``sdc2`` group."""
+    """Add ``cianna sdc2 train|detect|tune|average`` to the ``sdc2`` group."""
     from cianna.cli.sdc2 import get_sdc2_subparsers
 
     sub = get_sdc2_subparsers(subparsers)
@@ -89,3 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--min-purity", type=float, default=0.0, help="validation purity the threshold must reach")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_tune)
+
+    p = sub.add_parser("average", help="average the weights of several checkpoints of one run into a model")
+    p.add_argument("checkpoints", nargs="+", help="two or more checkpoints with the same architecture")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_average)

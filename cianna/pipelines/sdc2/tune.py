@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-__all__ = ["tune_threshold", "fit_calibration", "export_model"]
+__all__ = ["tune_threshold", "fit_calibration", "export_model", "average_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -172,3 +172,55 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
     return {"checkpoint": best["checkpoint"], "threshold": best["threshold"], "score": best["score"].as_dict(),
             "calibration": final.calibration,
             "all": results}
+
+
+def average_checkpoints(checkpoints, out_path, *, info=None):
+    """Average the weights of several checkpoints of one training run into one model file.
+
+    Averaging the last checkpoints of a run (a "stochastic weight average") smooths the iteration-to-iteration
+    noise of SGD; the result is a model file that :func:`export_model` can compare with single checkpoints.
+
+    Parameters
+    ----------
+    checkpoints : sequence of str or os.PathLike
+        Two or more checkpoints (or models) with the same architecture.
+    out_path : str or os.PathLike
+        Model file to write (atomic).
+    info : dict, optional
+        Provenance stored with the model (the list of checkpoints is added).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two checkpoints, or a checkpoint whose tensors differ in name or shape from the first.
+    """
+    import torch
+
+    from cianna.pipelines.sdc2.detect import load_model, save_model
+
+    checkpoints = [str(c) for c in checkpoints]
+    if len(checkpoints) < 2:
+        raise ValueError(f"average_checkpoints needs at least two checkpoints, got {checkpoints}")
+    net, _, settings, _ = load_model(checkpoints[0])
+    ref = net.state_dict()
+    acc = {k: v.detach().to(torch.float64).clone() for k, v in ref.items() if v.is_floating_point()}
+    for ck in checkpoints[1:]:
+        other = load_model(ck)[0].state_dict()
+        if other.keys() != ref.keys() or any(other[k].shape != ref[k].shape for k in ref):
+            raise ValueError(f"{ck}: tensors differ from {checkpoints[0]} (not the same architecture)")
+        for k in acc:
+            acc[k] += other[k].to(torch.float64)
+        for k in ref:
+            if k not in acc and not torch.equal(other[k], ref[k]):
+                raise ValueError(f"{ck}: non-float tensor {k!r} differs from {checkpoints[0]}")
+    n = len(checkpoints)
+    net.load_state_dict({k: (acc[k] / n).to(ref[k].dtype) if k in acc else ref[k] for k in ref})
+    meta = dict(info or {})
+    meta["averaged_checkpoints"] = checkpoints
+    log.info("averaged %d checkpoints -> %s", n, out_path)
+    return save_model(out_path, net, settings, meta)
