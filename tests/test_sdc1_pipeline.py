@@ -188,11 +188,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, field, tiny_model, capsys):
         rc = main(["sdc1", "detect", str(path), "--model", str(tiny_model), "--out", str(tmp_path / "o.txt"),
                    "--quiet"])
         err = capsys.readouterr().err
-        assert rc != 0, path
+        assert rc == 1, path
         assert str(path.name) in err and words.lower() in err.lower(), err
     rc = main(["sdc1", "detect", field.image, "--model", str(tmp_path / "nomodel.safetensors"),
                "--out", str(tmp_path / "o.txt"), "--quiet"])
-    assert rc != 0 and "model" in capsys.readouterr().err.lower()
+    assert rc == 1 and "model" in capsys.readouterr().err.lower()
     rc = main(["sdc1", "detect", field.image, "--model", str(tiny_model), "--out", str(tmp_path / "o.xyz"),
                "--quiet"])
-    assert rc != 0 and "extension" in capsys.readouterr().err
+    assert rc == 1 and "extension" in capsys.readouterr().err

@@ -40,7 +40,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     if ext not in (".txt", ".ecsv", ".fits", ".fit", ".vot", ".xml", ".csv", ".reg"):
         print(f"cianna sdc1 detect: error: {args.out}: unknown catalogue extension {ext!r} "
               "(use .txt, .ecsv, .fits, .vot, .csv, .reg)", file=sys.stderr)
-        return 2
+        return 1
     thresholds = None
     if args.thresholds:
         thresholds = [float(v) for v in args.thresholds.split(",")]
@@ -56,7 +56,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             plot_detections(args.image, cat, args.png)
     except (FileNotFoundError, FitsImageError, CheckpointError, ValueError) as exc:
         print(f"cianna sdc1 detect: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"{len(cat)} sources -> {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 

@@ -22,7 +22,6 @@ itself is never loaded in full.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
