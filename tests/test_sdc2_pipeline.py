@@ -271,10 +271,19 @@ def test_tune_cli_exports_model_with_purity_constraint(tiny, tmp_path, capsys):
     pure = [r for r in rows if r["n_det"] and r["purity"] >= 1.0]
     if pure:  # the constrained choice is the best of the pure points
         assert strict["score"].value == pytest.approx(max(r["value"] for r in pure))
+    # two validation cubes are pooled: the same cube twice doubles every count, keeps every ratio
+    both, rows_b = tune_threshold([cube, cube], [cand, cand], [truth, truth])
+    for r1, r2 in zip(rows, rows_b):
+        assert r2["value"] == pytest.approx(2 * r1["value"]) and r2["n_det"] == 2 * r1["n_det"]
+        assert r2["purity"] == pytest.approx(r1["purity"])
+    assert both["threshold"] == free["threshold"]
+    assert both["score"].pa == pytest.approx(free["score"].pa, nan_ok=True)
+    with pytest.raises(ValueError, match="one of each"):
+        tune_threshold([cube, cube], [cand], [truth, truth])
 
     out = tmp_path / "tuned.safetensors"
-    assert main(["sdc2", "tune", str(model), "--cube", str(cube), "--truth", str(truth), "--out", str(out),
-                 "--min-purity", "0.5"]) == 0
+    assert main(["sdc2", "tune", str(model), "--cube", str(cube), str(cube), "--truth", str(truth), str(truth),
+                 "--out", str(out), "--min-purity", "0.5"]) == 0
     net, cfg, settings, _ = load_model(out)
     assert settings.threshold in [r["threshold"] for r in rows] and settings.pa_mode == "kinematic"
     assert "model ->" in capsys.readouterr().out

@@ -47,8 +47,11 @@ def _tune(args: argparse.Namespace) -> int:
     missing = [c for c in args.checkpoints if not os.path.exists(c)]
     if missing:
         raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+    if len(args.cube) != len(args.truth):
+        raise ValueError(f"--cube has {len(args.cube)} cubes but --truth {len(args.truth)} catalogues "
+                         "(one truth per validation cube)")
     res = export_model(args.checkpoints, args.cube, args.truth, args.out, min_purity=args.min_purity,
-                       info={"command": "cianna sdc2 tune", "validation_cube": args.cube})
+                       info={"command": "cianna sdc2 tune", "validation_cubes": args.cube})
     print(json.dumps({k: v for k, v in res.items() if k != "all"}, indent=1, default=float))
     print(f"model -> {args.out}")
     return 0
@@ -96,8 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="choose checkpoint, threshold and calibration on a validation cube and "
                                     "export a detector model")
     p.add_argument("checkpoints", nargs="+", help="training checkpoints to compare")
-    p.add_argument("--cube", required=True, help="validation cube (never the cube you will report a score on)")
-    p.add_argument("--truth", required=True, help="its truth catalogue")
+    p.add_argument("--cube", required=True, nargs="+",
+                   help="validation cube(s), scores pooled (never a cube you will report a score on)")
+    p.add_argument("--truth", required=True, nargs="+", help="their truth catalogues, in the same order")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--min-purity", type=float, default=0.0, help="validation purity the threshold must reach")
     p.add_argument("--overwrite", action="store_true")

@@ -10,23 +10,59 @@ import logging
 
 import numpy as np
 
-__all__ = ["tune_threshold", "fit_calibration", "export_model", "average_checkpoints"]
+__all__ = ["tune_threshold", "pool_scores", "fit_calibration", "export_model", "average_checkpoints"]
 
 log = logging.getLogger(__name__)
 
 
-def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thresholds=(-0.2,),
+def _as_list(value):
+    """``[value]`` for a single item, ``list(value)`` for a list or tuple."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def pool_scores(scores):
+    """Combine the official scores of several validation cubes into one :class:`~cianna.scoring.sdc2.Sdc2Score`.
+
+    Counts and the score value add up; purity and completeness are recomputed from the sums; per-property
+    accuracies are averaged with the number of matches as weights; match tables are concatenated.
+    """
+    import math
+
+    from cianna.scoring.sdc2 import PROPERTIES, Sdc2Score
+
+    scores = list(scores)
+    if len(scores) == 1:
+        return scores[0]
+    out = Sdc2Score()
+    for name in ("value", "n_det", "n_match", "n_false", "n_bad", "n_true"):
+        setattr(out, name, sum(getattr(sc, name) for sc in scores))
+    out.purity = out.n_match / out.n_det if out.n_det else 0.0
+    out.completeness = out.n_match / out.n_true if out.n_true else 0.0
+    w = [sc.n_match for sc in scores]
+    for name in ("acc_pc",) + tuple(PROPERTIES):
+        vals = [(getattr(sc, name), k) for sc, k in zip(scores, w) if k and not math.isnan(getattr(sc, name))]
+        setattr(out, name, sum(v * k for v, k in vals) / sum(k for _, k in vals) if vals else math.nan)
+    dfs = [sc.match_df for sc in scores if sc.match_df is not None]
+    if dfs:
+        import pandas as pd
+
+        out.match_df = pd.concat(dfs, ignore_index=True)
+    return out
+
+
+def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds=(-0.2,),
                    min_purity: float = 0.0):
     """Grid search of the final score (and NMS) threshold that maximises the official SDC2 score.
 
     Parameters
     ----------
-    cube_path : str or os.PathLike
-        Validation cube.
-    candidates : dict
-        :func:`~cianna.pipelines.sdc2.detect.detect_candidates` output for that cube.
-    truth : str, os.PathLike or astropy.table.Table
-        Validation truth (SDC2 columns).
+    cube_path : str, os.PathLike or list of them
+        Validation cube(s). With several cubes the scores are pooled (:func:`pool_scores`): the values add up
+        and the purity is that of all detections together.
+    candidates : dict or list of dict
+        :func:`~cianna.pipelines.sdc2.detect.detect_candidates` output for each cube.
+    truth : str, os.PathLike, astropy.table.Table or list of them
+        Validation truth of each cube (SDC2 columns).
     thresholds : sequence of float, optional
         Score thresholds to try (default 0.1 ... 0.9).
     nms_thresholds : sequence of float
@@ -47,15 +83,23 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
 
     from dataclasses import replace
 
+    cubes, cands, truths = _as_list(cube_path), _as_list(candidates), _as_list(truth)
+    if not len(cubes) == len(cands) == len(truths):
+        raise ValueError(f"tune_threshold: {len(cubes)} cubes, {len(cands)} candidate sets and {len(truths)} "
+                         "truth catalogues: one of each per validation cube is needed")
     if thresholds is None:
         thresholds = np.round(np.arange(0.1, 0.951, 0.05), 3)
     # the PA does not take part in the matching: measure it (kinematics, slow) only for the final choice
-    grid_cand = dict(candidates, settings=replace(candidates["settings"], pa_mode="network"))
+    grid_cands = [dict(c, settings=replace(c["settings"], pa_mode="network")) for c in cands]
+
+    def pooled(cand_list, **kw):
+        return pool_scores(score_sdc2(candidates_to_catalog(cb, cd, **kw), tr)
+                           for cb, cd, tr in zip(cubes, cand_list, truths))
+
     rows, points = [], []
     for nthr in nms_thresholds:
         for thr in thresholds:
-            cat = candidates_to_catalog(cube_path, grid_cand, threshold=float(thr), nms_threshold=float(nthr))
-            sc = score_sdc2(cat, truth)
+            sc = pooled(grid_cands, threshold=float(thr), nms_threshold=float(nthr))
             rows.append({"threshold": float(thr), "nms_threshold": float(nthr), "value": sc.value,
                          "n_det": sc.n_det, "n_match": sc.n_match, "purity": sc.purity})
             points.append((float(thr), float(nthr), sc))
@@ -64,7 +108,7 @@ def tune_threshold(cube_path, candidates: dict, truth, thresholds=None, nms_thre
         log.warning("no threshold reaches a validation purity of %.3f; taking the purest", min_purity)
         eligible = [max(points, key=lambda p: (p[2].purity, p[2].value))]
     thr, nthr, _ = max(eligible, key=lambda p: p[2].value)
-    sc = score_sdc2(candidates_to_catalog(cube_path, candidates, threshold=thr, nms_threshold=nthr), truth)
+    sc = pooled(cands, threshold=thr, nms_threshold=nthr)
     best = {"threshold": thr, "nms_threshold": nthr, "score": sc}
     log.info("best validation threshold %.3g (nms %.3g, purity >= %.3f): score %.2f, purity %.3f", thr, nthr,
              min_purity, sc.value, sc.purity)
@@ -114,7 +158,8 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
     checkpoints : sequence of str or os.PathLike
         Training checkpoints (or models) to compare.
     cube_path, truth
-        Validation cube and its truth (never the test cube).
+        Validation cube(s) and their truth (never the test cube); lists pool several cubes
+        (:func:`tune_threshold`).
     out_path : str or os.PathLike
         Model file to write (:func:`~cianna.pipelines.sdc2.detect.save_model`).
     settings : DetectSettings, optional
@@ -134,14 +179,16 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
 
     from cianna.pipelines.sdc2.detect import DetectSettings, detect_candidates, load_model, save_model
 
+    cubes, truths = _as_list(cube_path), _as_list(truth)
     base = settings or DetectSettings()
     results, best = [], None
     for ck in checkpoints:
         model = load_model(ck)
-        cand = detect_candidates(cube_path, model=model, settings=replace(base, pre_threshold=0.05), progress=False)
-        b, grid = tune_threshold(cube_path, cand, truth, min_purity=min_purity)
+        cand = [detect_candidates(cb, model=model, settings=replace(base, pre_threshold=0.05), progress=False)
+                for cb in cubes]
+        b, grid = tune_threshold(cubes, cand, truths, min_purity=min_purity)
         entry = {"checkpoint": str(ck), "threshold": b["threshold"], "value": b["score"].value,
-                 "voxels_per_s": cand["stats"]["voxels_per_s"]}
+                 "voxels_per_s": float(np.mean([c["stats"]["voxels_per_s"] for c in cand]))}
         results.append(entry)
         log.info("%s: best validation score %.2f at threshold %.2f", ck, b["score"].value, b["threshold"])
         if best is None or b["score"].value > best["score"].value:
@@ -152,16 +199,21 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
     from cianna.pipelines.sdc2.detect import candidates_to_catalog
     from cianna.scoring.sdc2 import score_sdc2
 
-    cand = best["candidates"]
-    cand["settings"] = final
-    sc0 = score_sdc2(candidates_to_catalog(cube_path, cand), truth, detail=True)
+    cands = best["candidates"]
+
+    def pooled(settings_, detail=False):
+        for c in cands:
+            c["settings"] = settings_
+        return pool_scores(score_sdc2(candidates_to_catalog(cb, c), tr, detail=detail)
+                           for cb, c, tr in zip(cubes, cands, truths))
+
+    sc0 = pooled(final, detail=True)
     calib = fit_calibration(sc0.match_df)
     if calib:
-        cand["settings"] = replace(final, calibration=calib)
-        sc1 = score_sdc2(candidates_to_catalog(cube_path, cand), truth)
+        sc1 = pooled(replace(final, calibration=calib))
         log.info("calibration %s: validation score %.2f -> %.2f", calib, sc0.value, sc1.value)
         if sc1.value > sc0.value:
-            final = cand["settings"]
+            final = replace(final, calibration=calib)
             best["score"] = sc1
     meta = dict(info or {})
     meta.update({"checkpoint": best["checkpoint"], "validation_score": best["score"].as_dict(),
