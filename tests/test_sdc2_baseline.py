@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 
 from cianna.pipelines.sdc2.baseline import BaselineConfig, find_sources, reliability
 from cianna.scoring.sdc2 import read_sdc2_catalog, write_sdc2_catalog
-from cianna.sim.hi_cube import render_disc, simulate_hi_cube
+from sdc2_discs import discs_in_noise
 
 SHAPE = (80, 72, 200)  # X, Y, Z
 BRIGHT = [  # x, y, channel, flux [Jy Hz], hi_size ["], i, pa, v_flat [km/s]
@@ -23,23 +23,12 @@ BRIGHT = [  # x, y, channel, flux [Jy Hz], hi_size ["], i, pa, v_flat [km/s]
 def bright_cube(tmp_path_factory):
     """Noise cube (SDC2 noise) with three bright discs injected; returns (cube path, truth path, noise path)."""
     out = tmp_path_factory.mktemp("baseline")
-    noise = simulate_hi_cube(out / "noise", shape=SHAPE, seed=11, n_sources=0)
-    data = fits.getdata(noise.cube_path).astype(np.float32)
-    header = fits.getheader(noise.cube_path)
-    freqs = noise.freqs
+    cube_path, header, noise, rendered = discs_in_noise(out, SHAPE, BRIGHT, seed=11)
     wcs = WCS(header).celestial
     rows = []
-    for k, (x, y, z, flux, size, incl, pa, vflat) in enumerate(BRIGHT):
-        nu = float(np.interp(z, np.arange(freqs.size), freqs))
-        p = dict(line_flux_integral=flux, hi_size=size, i=incl, pa=pa, m_hi=1e10, v_flat=vflat)
-        m = render_disc(x, y, nu, p, freqs, SHAPE[:2])
-        z0, y0, x0 = m.origin
-        nz, ny, nx = m.cubelet.shape
-        data[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] += m.cubelet
+    for k, ((x, y, z, flux, size, incl, pa, vflat), (nu, m)) in enumerate(zip(BRIGHT, rendered)):
         ra, dec = wcs.all_pix2world([x], [y], 0)
         rows.append((k, ra[0], dec[0], size, flux, nu, pa, incl, m.w20))
-    cube_path = out / "cube.fits"
-    fits.writeto(cube_path, data, header)
     truth = Table(rows=rows, names=("id", "ra", "dec", "hi_size", "line_flux_integral", "central_freq", "pa",
                                     "i", "w20"))
     truth_path = write_sdc2_catalog(truth, out / "truth.txt")

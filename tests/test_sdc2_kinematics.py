@@ -7,7 +7,7 @@ from astropy.wcs import WCS
 
 from cianna.io.cube import open_cube
 from cianna.pipelines.sdc2.kinematics import angle_difference, kinematic_pa, refine_pa
-from cianna.sim.hi_cube import render_disc, simulate_hi_cube
+from sdc2_discs import discs_in_noise
 
 SHAPE = (96, 96, 160)  # X, Y, Z
 DISCS = [  # x, y, channel, flux [Jy Hz], hi_size ["], i, pa [deg], v_flat [km/s]
@@ -21,21 +21,8 @@ DISCS = [  # x, y, channel, flux [Jy Hz], hi_size ["], i, pa [deg], v_flat [km/s
 @pytest.fixture(scope="module")
 def disc_cube(tmp_path_factory):
     """SDC2-noise cube with four bright rotating discs; returns (path, truth table with x y z)."""
-    out = tmp_path_factory.mktemp("kin")
-    noise = simulate_hi_cube(out / "noise", shape=SHAPE, seed=5, n_sources=0)
-    data = fits.getdata(noise.cube_path).astype(np.float32)
-    header = fits.getheader(noise.cube_path)
-    rows = []
-    for x, y, z, flux, size, incl, pa, vflat in DISCS:
-        nu = float(np.interp(z, np.arange(noise.freqs.size), noise.freqs))
-        m = render_disc(x, y, nu, dict(line_flux_integral=flux, hi_size=size, i=incl, pa=pa, m_hi=1e10,
-                                       v_flat=vflat), noise.freqs, SHAPE[:2])
-        z0, y0, x0 = m.origin
-        nz, ny, nx = m.cubelet.shape
-        data[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] += m.cubelet
-        rows.append((x, y, z, size, m.w20, pa))
-    path = out / "cube.fits"
-    fits.writeto(path, data, header)
+    path, _, _, rendered = discs_in_noise(tmp_path_factory.mktemp("kin"), SHAPE, DISCS, seed=5)
+    rows = [(x, y, z, size, m.w20, pa) for (x, y, z, _, size, _, pa, _), (_, m) in zip(DISCS, rendered)]
     return str(path), Table(rows=rows, names=("x", "y", "z", "hi_size", "w20", "pa_true"))
 
 

@@ -230,16 +230,6 @@ def _link(mask: np.ndarray, cfg: BaselineConfig):
     return labels, ndimage.find_objects(labels, max_label=n)
 
 
-def _pa_east_of_north(celestial, x: float, y: float, dx: float, dy: float) -> float:
-    """PA (deg, east of north) of the pixel-plane direction (dx, dy) at pixel (x, y)."""
-    norm = math.hypot(dx, dy)
-    if norm == 0:
-        return 0.0
-    (ra0, ra1), (de0, de1) = celestial.all_pix2world([x, x + dx / norm], [y, y + dy / norm], 0)
-    d_east = ((ra1 - ra0 + 180.0) % 360.0 - 180.0) * math.cos(math.radians(de0))
-    return math.degrees(math.atan2(d_east, de1 - de0)) % 360.0
-
-
 def _parametrise(data_box: np.ndarray, mask_box: np.ndarray, norm_box: np.ndarray, origin: tuple,
                  freqs: np.ndarray, celestial, beam_area: float, pixel: float, beam: float,
                  cfg: BaselineConfig) -> dict:
@@ -277,6 +267,7 @@ def _parametrise(data_box: np.ndarray, mask_box: np.ndarray, norm_box: np.ndarra
     nu_c = float(np.interp(zg, np.arange(freqs.size), freqs))
     ra, dec = celestial.all_pix2world([xg], [yg], 0)
     # w20 on the integrated spectrum
+    from cianna.pipelines.sdc2.kinematics import centroid_drift, pa_east_of_north  # (kinematics imports us)
     from cianna.sim.hi_cube import measure_w20
 
     w_spec = core_spec if cfg.w20_core else spec
@@ -296,27 +287,16 @@ def _parametrise(data_box: np.ndarray, mask_box: np.ndarray, norm_box: np.ndarra
     else:
         hi_size, incl = cfg.unresolved_size, cfg.unresolved_incl
     # kinematic PA: per-channel centroids regressed against channel; receding = decreasing frequency
-    kin = np.where(shape_pix[None], np.clip(core, 0, None), 0.0)
-    chan_w = kin.sum(axis=(1, 2))
-    good = chan_w > 0
     pa = None
-    if good.sum() >= 3:
-        cw = kin[good]
-        cx = (cw * xx[None]).sum(axis=(1, 2)) / chan_w[good]
-        cy = (cw * yy[None]).sum(axis=(1, 2)) / chan_w[good]
-        zk = np.flatnonzero(good).astype(float)
-        wk = chan_w[good]
-        zm = (wk * zk).sum() / wk.sum()
-        var = (wk * (zk - zm) ** 2).sum()
-        if var > 0:
-            sx = (wk * (zk - zm) * (cx - (wk * cx).sum() / wk.sum())).sum() / var
-            sy = (wk * (zk - zm) * (cy - (wk * cy).sum() / wk.sum())).sum() / var
-            if freqs[-1] > freqs[0]:  # ascending axis: receding (low frequency) side = decreasing channel
-                sx, sy = -sx, -sy
-            if math.hypot(sx, sy) > 0:
-                pa = _pa_east_of_north(celestial, xg, yg, sx, sy)
+    drift = centroid_drift(np.where(shape_pix[None], np.clip(core, 0, None), 0.0))
+    if drift is not None:
+        sx, sy, _ = drift
+        if freqs[-1] > freqs[0]:  # ascending axis: receding (low frequency) side = decreasing channel
+            sx, sy = -sx, -sy
+        if math.hypot(sx, sy) > 0:
+            pa = pa_east_of_north(celestial, xg, yg, sx, sy)
     if pa is None:  # fall back to the (180 deg ambiguous) ellipse major axis
-        pa = _pa_east_of_north(celestial, xg, yg, evecs[0, 1], evecs[1, 1])
+        pa = pa_east_of_north(celestial, xg, yg, evecs[0, 1], evecs[1, 1])
     return {"ra": float(ra[0]), "dec": float(dec[0]), "hi_size": hi_size, "line_flux_integral": flux,
             "central_freq": nu_c, "pa": pa, "i": incl, "w20": w20, "x": xg, "y": yg, "z": zg}
 

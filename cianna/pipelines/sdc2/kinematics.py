@@ -21,14 +21,14 @@ import math
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["KinematicPA", "kinematic_pa", "refine_pa", "angle_difference"]
+from cianna.pipelines.sdc2.baseline import robust_rms
+
+__all__ = ["KinematicPA", "kinematic_pa", "refine_pa", "angle_difference", "centroid_drift", "pa_east_of_north"]
 
 log = logging.getLogger(__name__)
 
 #: speed of light in km/s
 C_KMS = 299_792.458
-#: MAD -> Gaussian sigma
-_MAD = 1.4826
 
 
 class KinematicPA(tuple):
@@ -57,12 +57,57 @@ def angle_difference(a, b):
     return np.abs(d)
 
 
-def _pa_east_of_north(celestial, x: float, y: float, dx: float, dy: float) -> float:
-    """PA (deg, east of north) of the pixel-plane direction ``(dx, dy)`` at pixel ``(x, y)``."""
+def pa_east_of_north(celestial, x: float, y: float, dx: float, dy: float) -> float:
+    """PA (deg, east of north) of the pixel-plane direction ``(dx, dy)`` at pixel ``(x, y)`` (0 for a null
+    direction)."""
     norm = math.hypot(dx, dy)
+    if norm == 0:
+        return 0.0
     (ra0, ra1), (de0, de1) = celestial.all_pix2world([x, x + dx / norm], [y, y + dy / norm], 0)
     d_east = ((ra1 - ra0 + 180.0) % 360.0 - 180.0) * math.cos(math.radians(de0))
     return math.degrees(math.atan2(d_east, de1 - de0)) % 360.0
+
+
+def centroid_drift(weights: np.ndarray):
+    """Drift of the per-channel centroid of non-negative weights, by a weighted straight-line fit.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray, shape (Z, Y, X)
+        Non-negative weights (e.g. clipped flux) of a box around one galaxy.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(sx, sy, significance)``: centroid motion in pixels per channel along x and y (towards increasing
+        channel index) and the slope over its standard error (from the centroids' scatter about the line);
+        ``None`` when fewer than 3 channels carry weight or they all sit at one channel.
+    """
+    chan_w = weights.sum(axis=(1, 2))
+    good = chan_w > 0
+    if good.sum() < 3:
+        return None
+    ny, nx = weights.shape[1:]
+    yy, xx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    cw = weights[good]
+    cx = (cw * xx).sum(axis=(1, 2)) / chan_w[good]
+    cy = (cw * yy).sum(axis=(1, 2)) / chan_w[good]
+    zk = np.flatnonzero(good).astype(np.float64)
+    wk = chan_w[good] / chan_w[good].sum()
+    zm = (wk * zk).sum()
+    var = (wk * (zk - zm) ** 2).sum()
+    if var <= 0:
+        return None
+    sx = (wk * (zk - zm) * (cx - (wk * cx).sum())).sum() / var
+    sy = (wk * (zk - zm) * (cy - (wk * cy).sum())).sum() / var
+    # residual scatter of the centroids around the fitted line -> standard error of the slope
+    res_x = cx - (wk * cx).sum() - sx * (zk - zm)
+    res_y = cy - (wk * cy).sum() - sy * (zk - zm)
+    n_eff = 1.0 / (wk ** 2).sum()
+    s2 = ((wk * (res_x ** 2 + res_y ** 2)).sum() / 2) / max(1.0 - 2.0 / n_eff, 1e-3)
+    se = math.sqrt(s2 / (var * n_eff))
+    slope = math.hypot(sx, sy)
+    return float(sx), float(sy), (slope / se if se > 0 else math.inf)
 
 
 def kinematic_pa(cube, x: float, y: float, z: float, hi_size: float, w20: float, *,
@@ -106,41 +151,22 @@ def kinematic_pa(cube, x: float, y: float, z: float, hi_size: float, w20: float,
         return KinematicPA(math.nan, 0.0)
     box = np.nan_to_num(np.asarray(cube.data[z0:z1, y0:y1, x0:x1], dtype=np.float64))
     sm = ndimage.gaussian_filter(box, (smooth_z, smooth_xy, smooth_xy), mode="constant")
-    rms = _MAD * np.median(np.abs(sm - np.median(sm)))
+    rms = float(robust_rms(sm))
     if not rms > 0:
         return KinematicPA(math.nan, 0.0)
     for level in (clip, 0.75 * clip, 0.5 * clip):  # lower the clip for faint galaxies
         w = np.where(sm > level * rms, sm, 0.0)
-        chan_w = w.sum(axis=(1, 2))
-        good = chan_w > 0
-        if good.sum() >= 3 and (w > 0).sum() >= 6:
+        if (w.sum(axis=(1, 2)) > 0).sum() >= 3 and (w > 0).sum() >= 6:
             break
     else:
         return KinematicPA(math.nan, 0.0)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
-    cw = w[good]
-    cx = (cw * xx).sum(axis=(1, 2)) / chan_w[good]
-    cy = (cw * yy).sum(axis=(1, 2)) / chan_w[good]
-    zk = (z0 + np.flatnonzero(good)).astype(np.float64)
-    wk = chan_w[good] / chan_w[good].sum()
-    zm = (wk * zk).sum()
-    var = (wk * (zk - zm) ** 2).sum()
-    if var <= 0:
+    drift = centroid_drift(w)
+    if drift is None or (drift[0] == 0 and drift[1] == 0):
         return KinematicPA(math.nan, 0.0)
-    sx = (wk * (zk - zm) * (cx - (wk * cx).sum())).sum() / var
-    sy = (wk * (zk - zm) * (cy - (wk * cy).sum())).sum() / var
-    # residual scatter of the centroids around the fitted line -> standard error of the slope
-    res_x = cx - (wk * cx).sum() - sx * (zk - zm)
-    res_y = cy - (wk * cy).sum() - sy * (zk - zm)
-    n_eff = 1.0 / (wk ** 2).sum()
-    s2 = ((wk * (res_x ** 2 + res_y ** 2)).sum() / 2) / max(1.0 - 2.0 / n_eff, 1e-3)
-    se = math.sqrt(s2 / (var * n_eff)) if n_eff > 0 else math.inf
-    slope = math.hypot(sx, sy)
-    if slope == 0:
-        return KinematicPA(math.nan, 0.0)
+    sx, sy, significance = drift
     if cube.freqs[-1] > cube.freqs[0]:  # ascending axis: receding (lower frequency) = decreasing channel
         sx, sy = -sx, -sy
-    return KinematicPA(_pa_east_of_north(cube.celestial, x, y, sx, sy), slope / se if se > 0 else math.inf)
+    return KinematicPA(pa_east_of_north(cube.celestial, x, y, sx, sy), significance)
 
 
 def refine_pa(cube_path, table, *, mode: str = "replace", min_significance: float = 0.0, clip: float = 4.0,
