@@ -287,6 +287,15 @@ def test_tune_cli_exports_model_with_purity_constraint(tiny, tmp_path, capsys):
     net, cfg, settings, _ = load_model(out)
     assert settings.threshold in [r["threshold"] for r in rows] and settings.pa_mode == "kinematic"
     assert "model ->" in capsys.readouterr().out
+    # missing inputs and an unknown PA mode are named
+    assert main(["sdc2", "average", str(model), str(tmp_path / "nope.safetensors"), "--out",
+                 str(tmp_path / "a.safetensors")]) == 1
+    assert "nope.safetensors" in capsys.readouterr().err
+    assert main(["sdc2", "tune", str(tmp_path / "gone.safetensors"), "--cube", str(cube), "--truth", str(truth),
+                 "--out", str(tmp_path / "t.safetensors")]) == 1
+    assert "gone.safetensors" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="pa_mode"):
+        DetectSettings(pa_mode="sideways")
     # an existing model is not overwritten without --overwrite (CLI error, exit code 1)
     assert main(["sdc2", "tune", str(model), "--cube", str(cube), "--truth", str(truth), "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err

@@ -23,12 +23,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_paths(out: str, overwrite: bool, inputs=()) -> None:
+    """Refuse to replace ``out`` without ``--overwrite`` and name every missing input file."""
+    if os.path.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists (use --overwrite)")
+    missing = [c for c in inputs if not os.path.exists(c)]
+    if missing:
+        raise FileNotFoundError(f"input file(s) not found: {', '.join(missing)}")
+
+
 def _detect(args: argparse.Namespace) -> int:
     from cianna.pipelines.sdc2.detect import detect
 
     out = args.out
-    if os.path.exists(out) and not args.overwrite:
-        raise FileExistsError(f"{out} exists (use --overwrite)")
+    _check_paths(out, args.overwrite)
     table = detect(args.cube, out, model=args.model, max_memory=args.max_memory, resume=not args.no_resume,
                    threshold=args.threshold, progress=not args.no_progress)
     st = table.meta.get("stats", {})
@@ -42,11 +50,7 @@ def _tune(args: argparse.Namespace) -> int:
 
     from cianna.pipelines.sdc2.tune import export_model
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists (use --overwrite)")
-    missing = [c for c in args.checkpoints if not os.path.exists(c)]
-    if missing:
-        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+    _check_paths(args.out, args.overwrite, args.checkpoints)
     if len(args.cube) != len(args.truth):
         raise ValueError(f"--cube has {len(args.cube)} cubes but --truth {len(args.truth)} catalogues "
                          "(one truth per validation cube)")
@@ -60,11 +64,7 @@ def _tune(args: argparse.Namespace) -> int:
 def _average(args: argparse.Namespace) -> int:
     from cianna.pipelines.sdc2.tune import average_checkpoints
 
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"{args.out} exists (use --overwrite)")
-    missing = [c for c in args.checkpoints if not os.path.exists(c)]
-    if missing:
-        raise FileNotFoundError(f"checkpoint(s) not found: {', '.join(missing)}")
+    _check_paths(args.out, args.overwrite, args.checkpoints)
     average_checkpoints(args.checkpoints, args.out, info={"command": "cianna sdc2 average"})
     print(f"average of {len(args.checkpoints)} checkpoints -> {args.out}")
     return 0

@@ -93,6 +93,10 @@ class DetectSettings:
     pa_mode: str = "kinematic"
     pa_clip: float = 4.0
 
+    def __post_init__(self):
+        if self.pa_mode not in ("kinematic", "side", "network"):
+            raise ValueError(f"DetectSettings.pa_mode must be 'kinematic', 'side' or 'network', got {self.pa_mode!r}")
+
     @classmethod
     def from_dict(cls, data: dict | None) -> "DetectSettings":
         """Settings from a stored dict; unknown keys are ignored and missing ones take their defaults (so
@@ -563,10 +567,7 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     if settings.pa_mode != "network" and len(t):
         from cianna.pipelines.sdc2.kinematics import refine_pa
 
-        mode = {"kinematic": "replace", "side": "side"}.get(settings.pa_mode)
-        if mode is None:
-            raise ValueError(f"DetectSettings.pa_mode must be 'kinematic', 'side' or 'network', "
-                             f"got {settings.pa_mode!r}")
+        mode = "replace" if settings.pa_mode == "kinematic" else "side"
         t = refine_pa(cube_path, t, mode=mode, clip=settings.pa_clip)
         t.meta["pa_mode"] = settings.pa_mode
     return t

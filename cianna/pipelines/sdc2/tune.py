@@ -50,6 +50,15 @@ def pool_scores(scores):
     return out
 
 
+def _pooled_score(cubes, cands, truths, *, detail=False, **catalog_kw):
+    """Official score of the catalogues of several cubes, pooled (:func:`pool_scores`)."""
+    from cianna.pipelines.sdc2.detect import candidates_to_catalog
+    from cianna.scoring.sdc2 import score_sdc2
+
+    return pool_scores(score_sdc2(candidates_to_catalog(cb, cd, **catalog_kw), tr, detail=detail)
+                       for cb, cd, tr in zip(cubes, cands, truths))
+
+
 def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds=(-0.2,),
                    min_purity: float = 0.0):
     """Grid search of the final score (and NMS) threshold that maximises the official SDC2 score.
@@ -64,7 +73,7 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
     truth : str, os.PathLike, astropy.table.Table or list of them
         Validation truth of each cube (SDC2 columns).
     thresholds : sequence of float, optional
-        Score thresholds to try (default 0.1 ... 0.9).
+        Score thresholds to try (default 0.10, 0.15, ..., 0.95).
     nms_thresholds : sequence of float
         DIoU thresholds of the second NMS stage to try.
     min_purity : float
@@ -78,9 +87,6 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
     table : list of dict
         One entry per grid point (threshold, nms_threshold, value, n_det, n_match, purity).
     """
-    from cianna.pipelines.sdc2.detect import candidates_to_catalog
-    from cianna.scoring.sdc2 import score_sdc2
-
     from dataclasses import replace
 
     cubes, cands, truths = _as_list(cube_path), _as_list(candidates), _as_list(truth)
@@ -91,15 +97,10 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
         thresholds = np.round(np.arange(0.1, 0.951, 0.05), 3)
     # the PA does not take part in the matching: measure it (kinematics, slow) only for the final choice
     grid_cands = [dict(c, settings=replace(c["settings"], pa_mode="network")) for c in cands]
-
-    def pooled(cand_list, **kw):
-        return pool_scores(score_sdc2(candidates_to_catalog(cb, cd, **kw), tr)
-                           for cb, cd, tr in zip(cubes, cand_list, truths))
-
     rows, points = [], []
     for nthr in nms_thresholds:
         for thr in thresholds:
-            sc = pooled(grid_cands, threshold=float(thr), nms_threshold=float(nthr))
+            sc = _pooled_score(cubes, grid_cands, truths, threshold=float(thr), nms_threshold=float(nthr))
             rows.append({"threshold": float(thr), "nms_threshold": float(nthr), "value": sc.value,
                          "n_det": sc.n_det, "n_match": sc.n_match, "purity": sc.purity})
             points.append((float(thr), float(nthr), sc))
@@ -108,7 +109,7 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
         log.warning("no threshold reaches a validation purity of %.3f; taking the purest", min_purity)
         eligible = [max(points, key=lambda p: (p[2].purity, p[2].value))]
     thr, nthr, _ = max(eligible, key=lambda p: p[2].value)
-    sc = pooled(cands, threshold=thr, nms_threshold=nthr)
+    sc = _pooled_score(cubes, cands, truths, threshold=thr, nms_threshold=nthr)
     best = {"threshold": thr, "nms_threshold": nthr, "score": sc}
     log.info("best validation threshold %.3g (nms %.3g, purity >= %.3f): score %.2f, purity %.3f", thr, nthr,
              min_purity, sc.value, sc.purity)
@@ -196,16 +197,9 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
                     "score": b["score"], "network": model[0], "grid": grid, "candidates": cand}
     final = replace(base, threshold=best["threshold"], nms_threshold=best["nms_threshold"])
     # property calibration on the validation matches, kept only if it raises the validation score
-    from cianna.pipelines.sdc2.detect import candidates_to_catalog
-    from cianna.scoring.sdc2 import score_sdc2
-
-    cands = best["candidates"]
-
     def pooled(settings_, detail=False):
-        for c in cands:
-            c["settings"] = settings_
-        return pool_scores(score_sdc2(candidates_to_catalog(cb, c), tr, detail=detail)
-                           for cb, c, tr in zip(cubes, cands, truths))
+        cands = [dict(c, settings=settings_) for c in best["candidates"]]
+        return _pooled_score(cubes, cands, truths, detail=detail)
 
     sc0 = pooled(final, detail=True)
     calib = fit_calibration(sc0.match_df)
