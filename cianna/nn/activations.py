@@ -156,16 +156,23 @@ class Relu(Activation):
         # on the CPU a host-side test is cheap: one fused leaky_relu (native autograd: derivative 1 where
         # x > 0, L elsewhere), plus the saturated branch only when some value exceeds S (autograd gives L there).
         y = nn.functional.leaky_relu(x, self.leaking)
-        if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
+        if self._saturates(y):
             y = torch.where(x > self.saturation, self.saturation + (x - self.saturation) * self.leaking, y)
         return y
 
     supports_inplace = True
 
+    def _saturates(self, y: torch.Tensor) -> bool:
+        """True when some output exceeds the (finite) saturation: the host-side test of the CPU paths."""
+        return bool(math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation)
+
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
-        """In-place variant for inference (no autograd): ``x`` is overwritten with the output."""
+        """In-place variant for inference (no autograd): ``x`` is overwritten with the output (CPU; on
+        accelerators the branch-free :meth:`forward`, which needs no host synchronisation)."""
+        if x.device.type != "cpu":
+            return self.forward(x)
         y = nn.functional.leaky_relu_(x, self.leaking)
-        if math.isfinite(self.saturation) and y.numel() and y.amax().item() > self.saturation:
+        if self._saturates(y):
             over = y > self.saturation  # y = x there
             y[over] = self.saturation + (y[over] - self.saturation) * self.leaking
         return y

@@ -7,8 +7,6 @@ non-inverted kind: kept values are not rescaled in training, and inference eithe
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -115,9 +113,7 @@ class Layer(nn.Module):
         return_preact : bool
             Also return the pre-activation (after dropout), needed by output losses.
         """
-        pre = self.linear(x)
-        if self.drop_rate > 0.01:
-            pre = self.dropout(pre)
+        pre = self.dropout(self.linear(x))
         act = self.activation
         if return_preact:
             return pre, act(pre)

@@ -84,8 +84,10 @@ def beam_covariance(beam, pixel_arcsec: float) -> tuple[float, float, float]:
     if not (bmaj > 0 and bmin > 0 and pixel_arcsec > 0):
         raise ValueError(f"beam axes and pixel size must be positive, got beam={tuple(beam)}, "
                          f"pixel={pixel_arcsec}")
+    from cianna.pipelines.sdc1.baseline import pa_eofn_to_sdc1
+
     s = FWHM_TO_SIGMA / pixel_arcsec
-    c = _cov_from_axes(bmaj * s, bmin * s, 90.0 - bpa)
+    c = _cov_from_axes(bmaj * s, bmin * s, pa_eofn_to_sdc1(bpa))
     return tuple(float(v) for v in c)
 
 
