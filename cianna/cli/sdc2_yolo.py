@@ -38,7 +38,7 @@ def _detect(args: argparse.Namespace) -> int:
     out = args.out
     _check_paths(out, args.overwrite)
     table = detect(args.cube, out, model=args.model, max_memory=args.max_memory, resume=not args.no_resume,
-                   threshold=args.threshold, progress=not args.no_progress)
+                   threshold=args.threshold, min_reliability=args.min_reliability, progress=not args.no_progress)
     st = table.meta.get("stats", {})
     print(f"{len(table)} sources -> {out}  ({st.get('chunks', '?')} chunks, "
           f"{st.get('voxels_per_s', float('nan')) / 1e6:.2f} Mvoxel/s)")
@@ -55,8 +55,12 @@ def _tune(args: argparse.Namespace) -> int:
         raise ValueError(f"--cube has {len(args.cube)} cubes but --truth {len(args.truth)} catalogues "
                          "(one truth per validation cube)")
     res = export_model(args.checkpoints, args.cube, args.truth, args.out, min_purity=args.min_purity,
+                       reliability=args.reliability,
                        info={"command": "cianna sdc2 tune", "validation_cubes": args.cube})
-    print(json.dumps({k: v for k, v in res.items() if k != "all"}, indent=1, default=float))
+    short = {k: v for k, v in res.items() if k not in ("all", "reliability")}
+    if res.get("reliability"):
+        short["reliability"] = {k: v for k, v in res["reliability"].items() if k != "grid"}
+    print(json.dumps(short, indent=1, default=float))
     print(f"model -> {args.out}")
     return 0
 
@@ -91,6 +95,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-memory", default=None, help="memory budget, e.g. 1G or 512M (default: one slab of "
                                                       "tiles along the spectral axis per chunk)")
     p.add_argument("--threshold", type=float, default=None, help="score threshold (default: the model's)")
+    p.add_argument("--min-reliability", type=float, default=None,
+                   help="reliability threshold, 0-1 (default: the model's; only for models with a reliability model)")
     p.add_argument("--no-resume", action="store_true", help="do not read/write <out>.partial.json")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true")
@@ -104,6 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", required=True, nargs="+", help="their truth catalogues, in the same order")
     p.add_argument("--out", required=True, help="model file to write (.safetensors)")
     p.add_argument("--min-purity", type=float, default=0.0, help="validation purity the threshold must reach")
+    p.add_argument("--reliability", action="store_true",
+                   help="also fit a reliability model on the validation cubes (kept if it scores higher)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_tune)
 

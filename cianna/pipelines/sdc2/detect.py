@@ -80,6 +80,12 @@ class DetectSettings:
         kinematics, ``"network"`` uses the regressed ``cos``/``sin`` as they are.
     pa_clip : float
         Clip level (robust rms of the smoothed box) of the kinematic measurement.
+    reliability : dict
+        Logistic reliability model (:mod:`cianna.pipelines.sdc2.reliability`) fitted on validation cubes; empty =
+        no reliability cut.
+    min_reliability : float
+        Detections above ``threshold`` are kept only when their reliability reaches this value (used only with a
+        ``reliability`` model).
     """
 
     tile: list = field(default_factory=lambda: [256, 128, 128])
@@ -92,10 +98,14 @@ class DetectSettings:
     calibration: dict = field(default_factory=dict)
     pa_mode: str = "kinematic"
     pa_clip: float = 4.0
+    reliability: dict = field(default_factory=dict)
+    min_reliability: float = 0.0
 
     def __post_init__(self):
         if self.pa_mode not in ("kinematic", "side", "network"):
             raise ValueError(f"DetectSettings.pa_mode must be 'kinematic', 'side' or 'network', got {self.pa_mode!r}")
+        if not 0.0 <= self.min_reliability <= 1.0:
+            raise ValueError(f"DetectSettings.min_reliability must lie in [0, 1], got {self.min_reliability!r}")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "DetectSettings":
@@ -500,8 +510,9 @@ def detect_candidates(cube_path, *, model=None, max_memory=None, state_path=None
             "stats": stats, "settings": settings}
 
 
-def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_threshold=None):
-    """Second stage: threshold, global DIoU-NMS across tiles, SDC2 columns with the cube WCS.
+def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_threshold=None,
+                          min_reliability=None):
+    """Second stage: threshold, global DIoU-NMS across tiles, SDC2 columns with the cube WCS, reliability cut.
 
     Parameters
     ----------
@@ -511,13 +522,16 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
         Output of :func:`detect_candidates`.
     threshold, nms_threshold : float, optional
         Override the settings' final score threshold and NMS threshold.
+    min_reliability : float, optional
+        Override the settings' reliability threshold (only used when the settings hold a reliability model).
 
     Returns
     -------
     astropy.table.Table
         SDC2 columns ``id ra dec hi_size line_flux_integral central_freq pa i w20`` (deg, arcsec, Jy Hz, Hz,
-        deg, deg, km/s) plus ``x y z`` (0-based voxels), ``score``, ``objectness``, ``probability``; sorted by
-        decreasing score.
+        deg, deg, km/s) plus ``x y z`` (0-based voxels), ``box_x box_y box_z`` (box sides, voxels), ``score``,
+        ``objectness``, ``probability`` and, with a reliability model, ``reliability``; sorted by decreasing
+        score.
     """
     from astropy.table import Table
 
@@ -556,6 +570,7 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     t["i"] = par["i"]
     t["w20"] = par["w20"]
     t["x"], t["y"], t["z"] = x, y, z
+    t["box_x"], t["box_y"], t["box_z"] = rows[:, 3], rows[:, 4], rows[:, 5]
     t["score"] = scores
     t["objectness"], t["probability"] = rows[:, 6], rows[:, 7]
     units = {"ra": "deg", "dec": "deg", "hi_size": "arcsec", "line_flux_integral": "Jy Hz", "central_freq": "Hz",
@@ -564,6 +579,14 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
         t[k].unit = v
     t.meta["threshold"] = float(thr)
     t.meta["nms_threshold"] = float(nthr)
+    if settings.reliability:
+        from cianna.pipelines.sdc2.reliability import predict_reliability
+
+        rmin = settings.min_reliability if min_reliability is None else float(min_reliability)
+        t["reliability"] = predict_reliability(settings.reliability, t) if len(t) else np.zeros(0)
+        t = t[t["reliability"] >= rmin]
+        t["id"] = np.arange(len(t), dtype=np.int64)
+        t.meta["min_reliability"] = rmin
     if settings.pa_mode != "network" and len(t):
         from cianna.pipelines.sdc2.kinematics import refine_pa
 
@@ -599,6 +622,8 @@ def write_catalog(table, path) -> str:
         table = table.copy(copy_data=False)
         meta = table.meta
         table.meta = {"THRESH": meta.get("threshold"), "NMSTHR": meta.get("nms_threshold")}
+        if meta.get("min_reliability") is not None:
+            table.meta["MINREL"] = meta["min_reliability"]
     try:
         table.write(tmp, overwrite=True)
         os.replace(tmp, path)
@@ -609,7 +634,8 @@ def write_catalog(table, path) -> str:
 
 
 def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: bool = True, settings=None,
-           threshold=None, progress: bool = True, on_chunk=None, chunk_bytes: int | None = None):
+           threshold=None, min_reliability=None, progress: bool = True, on_chunk=None,
+           chunk_bytes: int | None = None):
     """Detect HI galaxies in a FITS cube and (optionally) write the catalogue.
 
     Parameters
@@ -628,6 +654,8 @@ def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: boo
     settings : DetectSettings, optional
     threshold : float, optional
         Final score threshold (default: the model's).
+    min_reliability : float, optional
+        Reliability threshold (default: the model's; ignored for models without a reliability model).
     progress : bool
     on_chunk : callable, optional
         See :func:`detect_candidates`.
@@ -645,7 +673,7 @@ def detect(cube_path, out_path=None, *, model=None, max_memory=None, resume: boo
     cand = detect_candidates(cube_path, model=model, max_memory=max_memory, state_path=state_path,
                              settings=settings, progress=progress, on_chunk=on_chunk,
                               chunk_bytes=chunk_bytes)
-    table = candidates_to_catalog(cube_path, cand, threshold=threshold)
+    table = candidates_to_catalog(cube_path, cand, threshold=threshold, min_reliability=min_reliability)
     table.meta["stats"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cand["stats"].items()}
     if out_path is not None:
         write_catalog(table, out_path)

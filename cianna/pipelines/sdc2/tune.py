@@ -10,7 +10,8 @@ import logging
 
 import numpy as np
 
-__all__ = ["tune_threshold", "pool_scores", "fit_calibration", "export_model", "average_checkpoints"]
+__all__ = ["tune_threshold", "tune_reliability", "pool_scores", "fit_calibration", "export_model",
+           "average_checkpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,74 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
     return best, rows
 
 
+def tune_reliability(cube_path, candidates, truth, *, min_purity: float = 0.0, base_threshold: float = 0.2,
+                     thresholds=None, l2: float = 1.0):
+    """Fit the reliability model on validation cubes and choose its threshold with the official scorer.
+
+    The catalogues at ``base_threshold`` (score) of all cubes are labelled by the official scorer
+    (:func:`~cianna.pipelines.sdc2.reliability.match_labels`), one logistic model is fitted on all of them
+    together, and the reliability threshold that maximises the pooled official score at a pooled purity
+    ``>= min_purity`` is chosen. A leave-one-cube-out check (label-based) is returned with it.
+
+    Parameters
+    ----------
+    cube_path, candidates, truth
+        As in :func:`tune_threshold` (lists pool several cubes). The candidates' settings supply the NMS
+        threshold and the property calibration.
+    min_purity : float
+        Pooled validation purity the operating point must reach.
+    base_threshold : float
+        Score threshold below which no detection is considered.
+    thresholds : sequence of float, optional
+        Reliability thresholds to try (default 0.30, 0.325, ..., 0.975).
+    l2 : float
+        Ridge penalty of the logistic fit.
+
+    Returns
+    -------
+    dict
+        ``model`` (reliability dict), ``threshold`` (chosen reliability), ``score`` (pooled
+        :class:`~cianna.scoring.sdc2.Sdc2Score`), ``grid`` (per threshold: value, n_det, n_match, purity) and
+        ``leave_one_out`` (:func:`~cianna.pipelines.sdc2.reliability.leave_one_out`).
+    """
+    from dataclasses import replace
+
+    from cianna.pipelines.sdc2.detect import candidates_to_catalog
+    from cianna.pipelines.sdc2.reliability import (fit_reliability, leave_one_out, match_labels,
+                                                   predict_reliability, reliability_features)
+    from cianna.scoring.sdc2 import score_sdc2
+
+    cubes, cands, truths = _as_list(cube_path), _as_list(candidates), _as_list(truth)
+    if not len(cubes) == len(cands) == len(truths):
+        raise ValueError(f"tune_reliability: {len(cubes)} cubes, {len(cands)} candidate sets and {len(truths)} "
+                         "truth catalogues: one of each per validation cube is needed")
+    plain = [dict(c, settings=replace(c["settings"], pa_mode="network", reliability={})) for c in cands]
+    tables = [candidates_to_catalog(cb, cd, threshold=base_threshold) for cb, cd in zip(cubes, plain)]
+    labels = [match_labels(t, tr) for t, tr in zip(tables, truths)]
+    model = fit_reliability(np.vstack([reliability_features(t) for t in tables]), np.concatenate(labels), l2=l2)
+    for t in tables:
+        t["reliability"] = predict_reliability(model, t)
+    if thresholds is None:
+        thresholds = np.round(np.arange(0.3, 0.976, 0.025), 3)
+    grid, points = [], []
+    for thr in thresholds:
+        sc = pool_scores(score_sdc2(t[t["reliability"] >= thr], tr) for t, tr in zip(tables, truths))
+        grid.append({"threshold": float(thr), "value": sc.value, "n_det": sc.n_det, "n_match": sc.n_match,
+                     "purity": sc.purity})
+        points.append((float(thr), sc))
+    eligible = [p for p in points if p[1].purity >= min_purity and p[1].n_det > 0]
+    if not eligible:
+        log.warning("no reliability threshold reaches a validation purity of %.3f; taking the purest", min_purity)
+        eligible = [max(points, key=lambda p: (p[1].purity, p[1].value))]
+    thr, sc = max(eligible, key=lambda p: p[1].value)
+    loo = leave_one_out(tables, labels, min_purity=min_purity, l2=l2)
+    log.info("reliability threshold %.3f (base score %.2f, purity >= %.3f): validation score %.2f, purity %.3f; "
+             "leave-one-cube-out purity %s", thr, base_threshold, min_purity, sc.value, sc.purity,
+             " ".join(f"{d['purity']:.3f}" for d in loo))
+    return {"model": model, "threshold": thr, "base_threshold": float(base_threshold), "score": sc, "grid": grid,
+            "leave_one_out": loo}
+
+
 def fit_calibration(match_df, min_matches: int = 20) -> dict:
     """Linear corrections of the regressed properties from matched (submission, truth) pairs.
 
@@ -151,7 +220,8 @@ def fit_calibration(match_df, min_matches: int = 20) -> dict:
     return out
 
 
-def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None, min_purity: float = 0.0):
+def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info=None, min_purity: float = 0.0,
+                 reliability: bool = False, reliability_base: float = 0.2):
     """Pick the checkpoint with the best validation score, tune its threshold and save it as a detector.
 
     Parameters
@@ -169,6 +239,11 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
         Provenance stored with the model.
     min_purity : float
         Validation purity the chosen threshold must reach (see :func:`tune_threshold`).
+    reliability : bool
+        Also fit a reliability model (:func:`tune_reliability`, same purity requirement); it replaces the plain
+        score threshold when it raises the pooled validation score.
+    reliability_base : float
+        Score threshold under the reliability cut.
 
     Returns
     -------
@@ -209,14 +284,29 @@ def export_model(checkpoints, cube_path, truth, out_path, *, settings=None, info
         if sc1.value > sc0.value:
             final = replace(final, calibration=calib)
             best["score"] = sc1
+    rel_info = None
+    if reliability:
+        rel = tune_reliability(cubes, [dict(c, settings=final) for c in best["candidates"]], truths,
+                               min_purity=min_purity, base_threshold=reliability_base)
+        rel_info = {"threshold": rel["threshold"], "base_threshold": rel["base_threshold"],
+                    "validation_score": rel["score"].as_dict(), "grid": rel["grid"],
+                    "leave_one_out": rel["leave_one_out"], "adopted": rel["score"].value > best["score"].value}
+        log.info("reliability: validation score %.2f (purity %.3f) vs score threshold %.2f (purity %.3f)%s",
+                 rel["score"].value, rel["score"].purity, best["score"].value, best["score"].purity,
+                 "" if rel_info["adopted"] else ": not adopted")
+        if rel_info["adopted"]:
+            final = replace(final, threshold=rel["base_threshold"], reliability=rel["model"],
+                            min_reliability=rel["threshold"])
+            best["score"] = rel["score"]
     meta = dict(info or {})
     meta.update({"checkpoint": best["checkpoint"], "validation_score": best["score"].as_dict(),
-                 "min_purity": min_purity,
+                 "min_purity": min_purity, "reliability": rel_info,
                  "calibration": final.calibration,
                  "validation_grid": best["grid"], "checkpoints_compared": results})
     save_model(out_path, best["network"], final, meta)
-    return {"checkpoint": best["checkpoint"], "threshold": best["threshold"], "score": best["score"].as_dict(),
-            "calibration": final.calibration,
+    return {"checkpoint": best["checkpoint"], "threshold": final.threshold, "score": best["score"].as_dict(),
+            "calibration": final.calibration, "min_reliability": final.min_reliability if final.reliability else None,
+            "reliability": rel_info,
             "all": results}
 
 
