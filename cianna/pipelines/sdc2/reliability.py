@@ -143,7 +143,8 @@ def match_labels(table, truth) -> np.ndarray:
     return np.isin(np.asarray(table["id"]), matched)
 
 
-def leave_one_out(tables, labels, *, min_purity: float, match_value: float = 0.8, l2: float = 1.0):
+def leave_one_out(tables, labels, *, min_purity: float, match_value: float = 0.8, l2: float = 1.0,
+                  features=RELIABILITY_FEATURES):
     """How a reliability operating point chosen on the other cubes fares on each held-out cube.
 
     For each cube: fit on the others, choose the reliability threshold that maximises the label-based score
@@ -161,6 +162,9 @@ def leave_one_out(tables, labels, *, min_purity: float, match_value: float = 0.8
     match_value : float
         Mean official accuracy of a match (≈ 0.8 for this detector).
     l2 : float
+    features : sequence of str
+        Model features; ``("score",)`` alone is monotonic in the score, i.e. a plain score threshold, the
+        reference to compare with.
 
     Returns
     -------
@@ -168,11 +172,11 @@ def leave_one_out(tables, labels, *, min_purity: float, match_value: float = 0.8
         Per held-out cube: ``threshold``, ``n_det``, ``n_match``, ``purity``.
     """
     out = []
-    Xs = [reliability_features(t) for t in tables]
+    Xs = [reliability_features(t, features) for t in tables]
     for k in range(len(tables)):
         others = [i for i in range(len(tables)) if i != k]
         model = fit_reliability(np.vstack([Xs[i] for i in others]),
-                                np.concatenate([labels[i] for i in others]), l2=l2)
+                                np.concatenate([labels[i] for i in others]), l2=l2, features=features)
         r_o = np.concatenate([predict_reliability(model, tables[i]) for i in others])
         y_o = np.concatenate([labels[i] for i in others])
         thr = choose_threshold(r_o, y_o, min_purity=min_purity, match_value=match_value)
