@@ -105,13 +105,22 @@ def test_tune_reliability_and_the_catalogue_cut(two_cubes):
     purity floor; the catalogue stage then applies exactly that cut."""
     from cianna.pipelines.sdc2.tune import tune_reliability
 
+    from cianna.pipelines.sdc2.tune import pool_scores
+    from cianna.scoring.sdc2 import score_sdc2
+
     cubes, truths, cands = two_cubes
-    res = tune_reliability(cubes, cands, truths, min_purity=0.8, base_threshold=0.1)
+    kin = [dict(c, settings=replace(c["settings"], pa_mode="kinematic")) for c in cands]
+    res = tune_reliability(cubes, kin, truths, min_purity=0.8, base_threshold=0.1)
     grid = res["grid"]
     eligible = [g for g in grid if g["n_det"] and g["purity"] >= 0.8]
     assert eligible, "the packaged model should reach 80 % purity somewhere on these cubes"
-    assert res["score"].value == pytest.approx(max(g["value"] for g in eligible))
+    assert res["threshold"] == max(eligible, key=lambda g: g["value"])["threshold"]
     assert res["score"].purity >= 0.8
+    # the reported score is that of the chosen cut with the candidates' own settings (kinematic PA)
+    direct = pool_scores(score_sdc2(candidates_to_catalog(cb, dict(c, settings=replace(
+        c["settings"], threshold=0.1, reliability=res["model"], min_reliability=res["threshold"]))), tr)
+        for cb, c, tr in zip(cubes, kin, truths))
+    assert res["score"].value == pytest.approx(direct.value) and res["score"].n_det == direct.n_det
     assert len(res["leave_one_out"]) == 2 and all(d["n_det"] >= 0 for d in res["leave_one_out"])
     # higher reliability thresholds never keep more detections
     n_det = [g["n_det"] for g in grid]

@@ -144,7 +144,8 @@ def tune_reliability(cube_path, candidates, truth, *, min_purity: float = 0.0, b
     -------
     dict
         ``model`` (reliability dict), ``threshold`` (chosen reliability), ``score`` (pooled
-        :class:`~cianna.scoring.sdc2.Sdc2Score`), ``grid`` (per threshold: value, n_det, n_match, purity) and
+        :class:`~cianna.scoring.sdc2.Sdc2Score` of the chosen cut with the candidates' own settings, PA mode
+        included), ``grid`` (per threshold: value with the network's PA, n_det, n_match, purity) and
         ``leave_one_out`` (:func:`~cianna.pipelines.sdc2.reliability.leave_one_out`).
     """
     from dataclasses import replace
@@ -176,7 +177,12 @@ def tune_reliability(cube_path, candidates, truth, *, min_purity: float = 0.0, b
     if not eligible:
         log.warning("no reliability threshold reaches a validation purity of %.3f; taking the purest", min_purity)
         eligible = [max(points, key=lambda p: (p[1].purity, p[1].value))]
-    thr, sc = max(eligible, key=lambda p: p[1].value)
+    thr, _ = max(eligible, key=lambda p: p[1].value)
+    # the grid ran with the network's PA (fast; the PA takes no part in the matching): score the chosen cut
+    # with the candidates' own settings (kinematic PA), comparable with tune_threshold's final score
+    final = [dict(c, settings=replace(c["settings"], threshold=base_threshold, reliability=model,
+                                      min_reliability=thr)) for c in cands]
+    sc = _pooled_score(cubes, final, truths)
     loo = leave_one_out(tables, labels, min_purity=min_purity, l2=l2)
     log.info("reliability threshold %.3f (base score %.2f, purity >= %.3f): validation score %.2f, purity %.3f; "
              "leave-one-cube-out purity %s", thr, base_threshold, min_purity, sc.value, sc.purity,
