@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sdc2.py [--out runs/sdc2/bench] [--stage all|sim|baseline|cianna|memory|report] [--test test|test2|test3|test4]
+    python benchmarks/sdc2.py [--out runs/sdc2/bench] [--stage all|sim|baseline|cianna|memory|report] [--test test|test2|...|test8]
                               [--threads 1] [--budget 750M]
 
 Stages (results cached as JSON in ``OUT`` so they can run at different times):
@@ -32,10 +32,16 @@ import time
 
 TEST = dict(shape=(256, 256, 1024), seed=301, freq_start=1.03e9, n_sources=540, flux_boost=1.5, rfi_fraction=0.05)
 #: test cubes by name: "test" (first benchmark cube), "test2" (a second held-out cube, added when the model
-#: was re-exported after "test" had been scored once) and "test3"/"test4" (created with the reliability model of
-#: the third round, before it was fitted; scored once, after it was frozen). None was used for any choice.
+#: was re-exported after "test" had been scored once), "test3"/"test4" (created before the reliability model of
+#: the third round was fitted; scored once, after it was frozen) and "test5".."test8" (created before the
+#: phase-5 fine-tuning was evaluated) and "full" (the whole band in one cube, created at the same time).
+#: None was used for any choice.
 TESTS = {"test": TEST, "test2": dict(TEST, seed=302, freq_start=0.951e9),
-         "test3": dict(TEST, seed=303, freq_start=0.957e9), "test4": dict(TEST, seed=304, freq_start=1.085e9)}
+         "test3": dict(TEST, seed=303, freq_start=0.957e9), "test4": dict(TEST, seed=304, freq_start=1.085e9),
+         "test5": dict(TEST, seed=305, freq_start=0.965e9), "test6": dict(TEST, seed=306, freq_start=1.005e9),
+         "test7": dict(TEST, seed=307, freq_start=1.05e9), "test8": dict(TEST, seed=308, freq_start=1.115e9),
+         # the whole SDC2 band in one cube (950.1-1149.9 MHz, 6660 channels, same galaxy density): 437 M voxels
+         "full": dict(TEST, shape=(256, 256, 6660), seed=309, freq_start=0.9501e9, n_sources=3512)}
 BIG_SHAPE = (512, 512, 3072)  # X, Y, Z: 805 M voxels, 3.2 GB float32
 PROPS = ("position", "central_freq", "line_flux_integral", "hi_size", "pa", "w20", "i")
 

@@ -76,3 +76,22 @@ def test_refine_pa_bad_input(disc_cube):
         refine_pa(path, truth, mode="sideways")
     with pytest.raises(KeyError, match="pa"):
         refine_pa(path, truth)  # no 'pa' column
+
+
+def test_refine_pa_releases_the_memory_map(disc_cube, monkeypatch):
+    """The kinematic pass drops the cube's mapped pages every few detections (flat RSS on big cubes) and
+    gives the same PAs as without releases."""
+    import cianna.pipelines.sdc2.data as sdata
+    import cianna.pipelines.sdc2.kinematics as kinematics
+
+    path, truth = disc_cube
+    cat = truth.copy()
+    cat["pa"] = 0.0
+    ref = refine_pa(path, cat, mode="replace")
+    calls = []
+    real = sdata.release_pages
+    monkeypatch.setattr(sdata, "release_pages", lambda a: (calls.append(a), real(a)))
+    monkeypatch.setattr(kinematics, "_RELEASE_EVERY", 2)
+    again = refine_pa(path, cat, mode="replace")
+    assert len(calls) == (len(cat) + 1) // 2 and all(isinstance(a, np.ndarray) for a in calls)
+    np.testing.assert_array_equal(again["pa"], ref["pa"])

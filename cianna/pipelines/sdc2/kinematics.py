@@ -26,6 +26,8 @@ from cianna.pipelines.sdc2.baseline import robust_rms
 __all__ = ["KinematicPA", "kinematic_pa", "refine_pa", "angle_difference", "centroid_drift", "pa_east_of_north"]
 
 log = logging.getLogger(__name__)
+#: refine_pa releases the pages of the memory-mapped cube after this many detections (flat resident memory)
+_RELEASE_EVERY = 32
 
 #: speed of light in km/s
 C_KMS = 299_792.458
@@ -197,6 +199,7 @@ def refine_pa(cube_path, table, *, mode: str = "replace", min_significance: floa
     from tqdm import tqdm
 
     from cianna.io.cube import open_cube
+    from cianna.pipelines.sdc2.data import release_pages
 
     if mode not in ("side", "replace"):
         raise ValueError(f"refine_pa: mode must be 'side' or 'replace', got {mode!r}")
@@ -210,6 +213,8 @@ def refine_pa(cube_path, table, *, mode: str = "replace", min_significance: floa
     with open_cube(cube_path) as cube:
         rows = range(len(out))
         for k in tqdm(rows, desc="kinematic PA", unit="src", disable=not progress):
+            if k % _RELEASE_EVERY == 0:  # bounded memory: drop the memory map's pages read so far
+                release_pages(cube.data)
             kin = kinematic_pa(cube, float(out["x"][k]), float(out["y"][k]), float(out["z"][k]),
                                float(out["hi_size"][k]), float(out["w20"][k]), clip=clip)
             if not math.isfinite(kin.pa) or kin.significance < min_significance:
