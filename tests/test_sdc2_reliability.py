@@ -136,6 +136,8 @@ def test_tune_reliability_and_the_catalogue_cut(two_cubes):
     assert np.all(cut["reliability"] >= res["threshold"])
     assert sorted(cut["id"]) == list(range(len(cut)))  # ids renumbered after the cut
     assert len(cut) == int((full["reliability"] >= res["threshold"]).sum())
+    with pytest.raises(ValueError, match="min_reliability"):
+        candidates_to_catalog(cubes[0], cand, min_reliability=1.2)
     # labels come from the official scorer's match table
     lab = match_labels(full, truths[0])
     assert lab.dtype == bool and lab.shape == (len(full),) and 0 < lab.sum() < len(full)

@@ -539,6 +539,8 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     from cianna.pipelines.sdc2.data import decode_params
 
     settings = candidates["settings"]
+    if min_reliability is not None and not 0.0 <= float(min_reliability) <= 1.0:
+        raise ValueError(f"min_reliability must lie in [0, 1], got {min_reliability!r}")
     thr = settings.threshold if threshold is None else threshold
     nthr = settings.nms_threshold if nms_threshold is None else nms_threshold
     rows, scores = candidates["rows"], candidates["scores"]
