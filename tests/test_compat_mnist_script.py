@@ -24,17 +24,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "cianna_mnist_digits
 NB_ITER = 20
 
 
-@pytest.fixture
-def one_thread():
-    """Two shared cores: one intra-op thread avoids oversubscription (much faster under load)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.filterwarnings("ignore:comp_meth='C_CUDA' but no GPU")
-def test_mnist_example_script_runs_and_reaches_95_percent(tmp_path, monkeypatch, capsys, one_thread):
+def test_mnist_example_script_runs_and_reaches_95_percent(tmp_path, monkeypatch, capsys):
     pytest.importorskip("sklearn")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CIANNA_EXAMPLE_NB_ITER", str(NB_ITER))

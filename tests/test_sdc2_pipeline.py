@@ -23,14 +23,6 @@ SETTINGS = DetectSettings(tile=[64, 32, 32], margin=[16, 8, 8], score="obj_x_pro
                           threshold=0.26, nms_threshold=-0.2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(cube path, truth path, tiny model path) — a 48 x 40 x 176 cube and an untrained network."""

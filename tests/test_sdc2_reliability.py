@@ -4,7 +4,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from astropy.table import Table
 
 from cianna.pipelines.sdc2.detect import DetectSettings, candidates_to_catalog, detect_candidates, load_model
@@ -12,14 +11,6 @@ from cianna.pipelines.sdc2.reliability import (RELIABILITY_FEATURES, choose_thre
                                                leave_one_out, match_labels, predict_reliability,
                                                reliability_features)
 from cianna.sim.hi_cube import simulate_hi_cube
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _synthetic_table(n, rng):

@@ -105,15 +105,7 @@ def evaluate(net, cfg, x, cats, side, ndim):
     return ap, (float(np.median(ferr)) if ferr else np.nan), len(ferr), sum(len(c["flux"]) for c in cats)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_yolo_learns_2d_sources_and_fluxes(one_thread):
+def test_yolo_learns_2d_sources_and_fluxes():
     torch.manual_seed(0)
     cfg = YoloConfig(nb_box=2, nb_param=1, priors=[[6, 10], [6, 10]], IoU_type="DIoU", prior_dist_type="OFFSET",
                      rand_startup=1000, prior_noobj_prob=[0.2, 0.2], max_nb_obj_per_image=8,
@@ -130,7 +122,7 @@ def test_yolo_learns_2d_sources_and_fluxes(one_thread):
     assert ferr <= 0.10 and n_flux >= 0.8 * n_true
 
 
-def test_yolo_learns_3d_sources(one_thread):
+def test_yolo_learns_3d_sources():
     torch.manual_seed(0)
     cfg = YoloConfig(nb_box=2, priors=[[6, 10], [6, 10], [6, 10]], IoU_type="DIoU", prior_dist_type="OFFSET",
                      rand_startup=128, prior_noobj_prob=[0.2, 0.2], max_nb_obj_per_image=8,
