@@ -9,7 +9,7 @@ from astropy.io import fits
 
 from cianna.cli import main
 from cianna.pipelines.sdc1 import data as D
-from cianna.pipelines.sdc1.detect import DEFAULT_MODEL, detect_image, load_model, save_model, write_catalog
+from cianna.pipelines.sdc1.detect import DEFAULT_MODEL, detect_image, save_model, write_catalog
 from cianna.pipelines.sdc1.model import build_network, network_for_size
 from cianna.scoring.sdc1 import read_sdc1_catalog, score_sdc1
 from cianna.sim.continuum import simulate_continuum_field

@@ -1,7 +1,6 @@
 """Training loop, optimiser, schedule, datasets, precision and the MNIST-example network on digits."""
 import math
 import time
-import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import cianna
 from cianna.demo import load_digits_28, mnist_example_network, run_digits_demo
 from cianna.nn import Network
 from cianna.nn.init import initialise_
-from cianna.train import (ArrayDataset, CiannaSGD, CiannaUserWarning, StreamingDataset, Trainer,
+from cianna.train import (CiannaSGD, CiannaUserWarning, StreamingDataset, Trainer,
                           cianna_learning_rate, confusion_matrix, format_confusion, resolve_device)
 
 

@@ -19,7 +19,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 
 __all__ = ["DEFAULT_CONFIG", "load_config", "ensure_fields", "train"]
 
