@@ -31,7 +31,7 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -539,8 +539,8 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     from cianna.pipelines.sdc2.data import decode_params
 
     settings = candidates["settings"]
-    if min_reliability is not None and not 0.0 <= float(min_reliability) <= 1.0:
-        raise ValueError(f"min_reliability must lie in [0, 1], got {min_reliability!r}")
+    if min_reliability is not None:  # validated by DetectSettings
+        settings = replace(settings, min_reliability=float(min_reliability))
     thr = settings.threshold if threshold is None else threshold
     nthr = settings.nms_threshold if nms_threshold is None else nms_threshold
     rows, scores = candidates["rows"], candidates["scores"]
@@ -584,11 +584,10 @@ def candidates_to_catalog(cube_path, candidates: dict, *, threshold=None, nms_th
     if settings.reliability:
         from cianna.pipelines.sdc2.reliability import predict_reliability
 
-        rmin = settings.min_reliability if min_reliability is None else float(min_reliability)
         t["reliability"] = predict_reliability(settings.reliability, t) if len(t) else np.zeros(0)
-        t = t[t["reliability"] >= rmin]
+        t = t[t["reliability"] >= settings.min_reliability]
         t["id"] = np.arange(len(t), dtype=np.int64)
-        t.meta["min_reliability"] = rmin
+        t.meta["min_reliability"] = settings.min_reliability
     if settings.pa_mode != "network" and len(t):
         from cianna.pipelines.sdc2.kinematics import refine_pa
 

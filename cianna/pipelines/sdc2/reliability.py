@@ -127,7 +127,11 @@ def fit_reliability(X, y, *, features=RELIABILITY_FEATURES, l2: float = 1.0, n_i
 
 def predict_reliability(model: dict, table) -> np.ndarray:
     """Reliability (probability of a real galaxy) of each row of a catalogue, shape (N,)."""
-    X = reliability_features(table, model["features"])
+    return _logistic(model, reliability_features(table, model["features"]))
+
+
+def _logistic(model: dict, X) -> np.ndarray:
+    """The model's probability for a feature matrix ``X`` (N, F) already built with its features."""
     z = model["intercept"] + ((X - np.asarray(model["mean"])) / np.asarray(model["scale"])) @ np.asarray(model["coef"])
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -177,10 +181,10 @@ def leave_one_out(tables, labels, *, min_purity: float, match_value: float = 0.8
         others = [i for i in range(len(tables)) if i != k]
         model = fit_reliability(np.vstack([Xs[i] for i in others]),
                                 np.concatenate([labels[i] for i in others]), l2=l2, features=features)
-        r_o = np.concatenate([predict_reliability(model, tables[i]) for i in others])
+        r_o = np.concatenate([_logistic(model, Xs[i]) for i in others])
         y_o = np.concatenate([labels[i] for i in others])
         thr = choose_threshold(r_o, y_o, min_purity=min_purity, match_value=match_value)
-        keep = predict_reliability(model, tables[k]) >= thr
+        keep = _logistic(model, Xs[k]) >= thr
         n, m = int(keep.sum()), int(labels[k][keep].sum())
         out.append({"threshold": thr, "n_det": n, "n_match": m, "purity": m / n if n else float("nan")})
     return out

@@ -60,6 +60,16 @@ def _pooled_score(cubes, cands, truths, *, detail=False, **catalog_kw):
                        for cb, cd, tr in zip(cubes, cands, truths))
 
 
+def _operating_point(points, min_purity: float, what: str, nonempty: bool = False):
+    """Key of the best-scoring ``(key, Sdc2Score)`` point whose purity reaches ``min_purity`` (the purest point,
+    with a warning, when none does); ``nonempty`` also requires detections."""
+    eligible = [p for p in points if p[1].purity >= min_purity and (p[1].n_det > 0 or not nonempty)]
+    if not eligible:
+        log.warning("no %s reaches a validation purity of %.3f; taking the purest", what, min_purity)
+        eligible = [max(points, key=lambda p: (p[1].purity, p[1].value))]
+    return max(eligible, key=lambda p: p[1].value)[0]
+
+
 def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds=(-0.2,),
                    min_purity: float = 0.0):
     """Grid search of the final score (and NMS) threshold that maximises the official SDC2 score.
@@ -104,12 +114,8 @@ def tune_threshold(cube_path, candidates, truth, thresholds=None, nms_thresholds
             sc = _pooled_score(cubes, grid_cands, truths, threshold=float(thr), nms_threshold=float(nthr))
             rows.append({"threshold": float(thr), "nms_threshold": float(nthr), "value": sc.value,
                          "n_det": sc.n_det, "n_match": sc.n_match, "purity": sc.purity})
-            points.append((float(thr), float(nthr), sc))
-    eligible = [p for p in points if p[2].purity >= min_purity]
-    if not eligible:
-        log.warning("no threshold reaches a validation purity of %.3f; taking the purest", min_purity)
-        eligible = [max(points, key=lambda p: (p[2].purity, p[2].value))]
-    thr, nthr, _ = max(eligible, key=lambda p: p[2].value)
+            points.append(((float(thr), float(nthr)), sc))
+    thr, nthr = _operating_point(points, min_purity, "threshold")
     sc = _pooled_score(cubes, cands, truths, threshold=thr, nms_threshold=nthr)
     best = {"threshold": thr, "nms_threshold": nthr, "score": sc}
     log.info("best validation threshold %.3g (nms %.3g, purity >= %.3f): score %.2f, purity %.3f", thr, nthr,
@@ -173,11 +179,7 @@ def tune_reliability(cube_path, candidates, truth, *, min_purity: float = 0.0, b
         grid.append({"threshold": float(thr), "value": sc.value, "n_det": sc.n_det, "n_match": sc.n_match,
                      "purity": sc.purity})
         points.append((float(thr), sc))
-    eligible = [p for p in points if p[1].purity >= min_purity and p[1].n_det > 0]
-    if not eligible:
-        log.warning("no reliability threshold reaches a validation purity of %.3f; taking the purest", min_purity)
-        eligible = [max(points, key=lambda p: (p[1].purity, p[1].value))]
-    thr, _ = max(eligible, key=lambda p: p[1].value)
+    thr = _operating_point(points, min_purity, "reliability threshold", nonempty=True)
     # the grid ran with the network's PA (fast; the PA takes no part in the matching): score the chosen cut
     # with the candidates' own settings (kinematic PA), comparable with tune_threshold's final score
     final = [dict(c, settings=replace(c["settings"], threshold=base_threshold, reliability=model,
