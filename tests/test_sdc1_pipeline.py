@@ -196,3 +196,24 @@ def test_bad_inputs_give_clear_errors(tmp_path, field, tiny_model, capsys):
     rc = main(["sdc1", "detect", field.image, "--model", str(tiny_model), "--out", str(tmp_path / "o.xyz"),
                "--quiet"])
     assert rc == 1 and "extension" in capsys.readouterr().err
+
+
+def test_training_warm_start_weights_and_faint_field_dirs(tiny_model, tmp_path):
+    import torch
+
+    from cianna.nn import Network
+    from cianna.pipelines.sdc1.train import _field_dir, _load_initial_weights, load_config
+    from cianna.train.checkpoint import save_checkpoint
+
+    net = build_network(128, seed=9)
+    ref = build_network(64, seed=3)
+    before = [p.detach().clone() for p in net.parameters()]
+    _load_initial_weights(net, tiny_model)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), ref.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(net.parameters(), before))
+    other = save_checkpoint(tmp_path / "other.safetensors", Network((4,), seed=0).dense(3))
+    with pytest.raises(ValueError, match="other.safetensors: not the weights of this network"):
+        _load_initial_weights(net, other)
+    cfg = load_config(None, faint_sources=True)
+    assert _field_dir(cfg, "train", {"seed": 5, "size": 64}).endswith("train_s5_64_faint")
+    assert _field_dir(load_config(None), "train", {"seed": 5, "size": 64}).endswith("train_s5_64")

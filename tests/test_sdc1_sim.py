@@ -242,3 +242,57 @@ def test_full_field_reproducible_and_4d(tmp_path):
         cs.simulate_continuum_field(tmp_path / "d", size=64, ndim=3)
     with pytest.raises(FileExistsError):
         cs.simulate_continuum_field(tmp_path / "a", size=64, overwrite=False)
+
+
+# ------------------------------------------------------------------ faint population (docs/sdc1.md §1.7)
+@pytest.fixture(scope="module")
+def faint_field(tmp_path_factory):
+    d = tmp_path_factory.mktemp("faint")
+    return cs.simulate_continuum_field(d, size=768, seed=31, faint_sources=True, pb_null_radius=None)
+
+
+def test_faint_population_density_and_counts(faint_field):
+    t = faint_field.truth
+    area = (768 * cs.PIXEL_SIZE_DEG) ** 2
+    total = cs.FAINT_DENSITY + 49_265.0            # + the real catalogue's density above 6 uJy
+    n = len(t)
+    assert abs(n - total * area) < 4 * math.sqrt(total * area) + 0.02 * total * area
+    flux = np.asarray(t["flux_app"], float)
+    assert flux.min() >= cs.FAINT_FLUX_MIN
+    # power law below the break: maximum-likelihood slope of the faint part
+    s = flux[flux < cs.FAINT_FLUX_BREAK]
+    lo, hi = cs.FAINT_FLUX_MIN, cs.FAINT_FLUX_BREAK
+    grid = np.linspace(-2.3, -1.3, 201)
+    ll = [g * np.log(s).sum() - s.size * np.log((hi ** (g + 1) - lo ** (g + 1)) / (g + 1)) for g in grid]
+    assert abs(grid[int(np.argmax(ll))] - cs.FAINT_SLOPE) < 0.05
+    # about 10x more sources than the catalogue population, which keeps its density above the break
+    bright = (flux >= cs.FAINT_FLUX_BREAK).sum()
+    assert abs(bright - 49_265.0 * area) < 5 * math.sqrt(49_265.0 * area)
+    assert n > 8 * bright
+
+
+def test_faint_population_noise_and_flux_size_relation(faint_field):
+    from astropy.stats import sigma_clipped_stats
+
+    data = fits.getdata(faint_field.image)
+    _, _, rms = sigma_clipped_stats(data, sigma=3.0)
+    assert 0.32e-6 < rms < 0.40e-6            # noise + faint sources ~ the real map's 0.36 uJy/beam
+    t = faint_field.truth
+    sfg = np.asarray(t["class"]) == 3
+    f, b = np.asarray(t["flux"], float)[sfg], np.asarray(t["b_maj"], float)[sfg]
+    assert np.median(b[f < 1e-6]) < 0.5 * np.median(b[f > 1e-5])   # the flux-size relation is extrapolated
+    assert np.mean(np.asarray(t["class"]) == 3) > 0.95
+
+
+def test_sample_population_flux_override_checked():
+    flux = np.full(500, 2e-6)
+    t = cs.sample_population(500, rng=0, flux=flux)
+    assert np.allclose(t["flux"], 2e-6)
+    with pytest.raises(ValueError, match="flux must be 3 positive"):
+        cs.sample_population(3, rng=0, flux=np.array([1e-6, -1.0, 1e-6]))
+
+
+def test_catalogue_population_unchanged_without_faint_sources(tmp_path):
+    a = cs.simulate_continuum_field(tmp_path / "a", size=128, seed=5)
+    assert a.meta["faint_sources"] is False and a.meta["confusion_density"] == 1.5e5
+    assert np.asarray(a.truth["flux"]).min() > 2e-6       # the catalogue's floor (2.96 uJy)

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy import units as u
 from astropy.io import fits
-from astropy.table import Table
+from astropy.table import Table, vstack
 from astropy.wcs import WCS
 
 __all__ = [
@@ -89,6 +89,16 @@ QUANT_P = np.array([0.0, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.
                     0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.975, 0.99, 0.995, 1.0])
 _LAS_LOBE_OFFSET = 0.35              # lobe centre distance from the core, in units of LAS
 _LAS_LOBE_FWHM = 0.30                # lobe FWHM along the axis, in units of LAS
+# Faint extension of the catalogue population (``faint_sources=True``; docs/sdc1.md §1.7). The real training
+# catalogue is a pre-filtered selection: its dN/dlogS turns over below ~5 uJy. Above 6 uJy it is taken as
+# complete; below, the counts continue as the power law fitted (maximum likelihood) to its 6-60 uJy sources,
+# down to the apparent flux at which the total density reaches that of the official full truth in the 560 MHz
+# training box (190 551 rows in 0.3117 deg^2, sdc1 spec §1.1/§1.3).
+FAINT_FLUX_BREAK = 6.0e-6            #: Jy; catalogue population kept above, power law below
+FAINT_SLOPE = -1.791                 #: dN/dS slope of the real catalogue between 6 and 60 uJy
+FAINT_FLUX_MIN = 2.72e-7             #: Jy (apparent); lower flux limit of the truth
+FAINT_DENSITY = 562_062.0            #: deg^-2 between FAINT_FLUX_MIN and FAINT_FLUX_BREAK (611 327 - 49 265)
+FAINT_NOISE_RMS = 0.315e-6           #: Jy/beam thermal rms with the faint sources (total ~0.36 as the real map)
 
 
 # --------------------------------------------------------------------------------------- population model
@@ -365,7 +375,7 @@ def _inv_cdf(q: tuple, u_: np.ndarray) -> np.ndarray:
 
 
 def sample_population(n: int, *, rng: np.random.Generator | int | None = None,
-                      model: PopulationModel | None = None) -> Table:
+                      model: PopulationModel | None = None, flux: np.ndarray | None = None) -> Table:
     """Draw intrinsic source properties of the catalogue population (no positions).
 
     Parameters
@@ -376,6 +386,9 @@ def sample_population(n: int, *, rng: np.random.Generator | int | None = None,
         Random generator or seed.
     model : PopulationModel, optional
         Default :func:`default_population`.
+    flux : numpy.ndarray, optional
+        Shape (n,), Jy: impose these fluxes instead of drawing them from the components' flux distributions
+        (the class, size and shape still follow the components, the size through its flux-size relation).
 
     Returns
     -------
@@ -386,6 +399,10 @@ def sample_population(n: int, *, rng: np.random.Generator | int | None = None,
     """
     rng = np.random.default_rng(rng)
     model = model or default_population()
+    if flux is not None:
+        flux = np.asarray(flux, float)
+        if flux.shape != (n,) or not np.all(flux > 0):
+            raise ValueError(f"flux must be {n} positive values in Jy, got shape {flux.shape}")
     comp_idx = rng.choice(len(model.components), size=n, p=model.weights)
     out = {k: np.zeros(n) for k in ("flux", "core_frac", "b_maj", "b_min", "pa", "core_offset", "lobe_delta")}
     size = np.zeros(n, np.int64)
@@ -396,6 +413,8 @@ def sample_population(n: int, *, rng: np.random.Generator | int | None = None,
         if nk == 0:
             continue
         lf = _inv_cdf(comp.logflux_q, rng.random(nk))
+        if flux is not None:
+            lf = np.log10(flux[m])
         lb = comp.size_coef[0] + comp.size_coef[1] * lf + _inv_cdf(comp.size_resid_q, rng.random(nk))
         bmaj = np.clip(10.0**lb, *comp.bmaj_range)
         ratio = np.clip(_inv_cdf(comp.ratio_q, rng.random(nk)), 0.02, 1.0)
@@ -763,11 +782,12 @@ def _pb_image(wcs: WCS, size: int, center, null_radius, npix: int, pixel_size: f
 
 
 def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed: int = 0, *,
-                             center: tuple[float, float] = (0.0, -30.0), noise_rms: float = 0.36e-6,
+                             center: tuple[float, float] = (0.0, -30.0), noise_rms: float | None = None,
                              density: float | None = None, population: PopulationModel | None = None,
                              pb_null_radius: float | None = 2.75, pb_npix: int = 129,
-                             confusion_density: float = 1.5e5, confusion_flux_range: tuple = (5e-8, 3e-6),
-                             confusion_slope: float = -1.7, ndim: int = 2, strip_rows: int = 1024,
+                             confusion_density: float | None = None, confusion_flux_range: tuple = (5e-8, 3e-6),
+                             confusion_slope: float = -1.7, faint_sources: bool = False, ndim: int = 2,
+                             strip_rows: int = 1024,
                              pixel_size: float = PIXEL_SIZE_DEG, beam_fwhm: float = BEAM_FWHM_DEG,
                              overwrite: bool = True) -> ContinuumField:
     """Simulate an SDC1-like 560 MHz continuum field and write ``image.fits``, ``pb.fits``, ``truth.txt``.
@@ -783,7 +803,8 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     center : (float, float), optional
         Field centre / PB pointing centre (RA, Dec) in deg.
     noise_rms : float, optional
-        rms of the beam-convolved white noise in Jy/beam (0.36e-6 as the real 1000 h B1 map).
+        rms of the beam-convolved white noise in Jy/beam. Default 0.36e-6 (the rms of the real 1000 h B1 map);
+        with ``faint_sources`` :data:`FAINT_NOISE_RMS`, so that noise + faint sources give that rms.
     density : float, optional
         Catalogue sources per deg^2 (default: the model density, 6.17e4 deg^-2 for the real catalogue).
     population : PopulationModel, optional
@@ -794,8 +815,13 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     pb_npix : int, optional
         Side of ``pb.fits``, covering the field.
     confusion_density, confusion_flux_range, confusion_slope : optional
-        Faint point sources below the catalogue population: per deg^2, flux range [Jy], dN/dS slope. Set the
-        density to 0 to switch confusion off.
+        Faint point sources below the catalogue population, not in the truth: per deg^2 (default 1.5e5, or 0
+        with ``faint_sources``), flux range [Jy], dN/dS slope. Set the density to 0 to switch confusion off.
+    faint_sources : bool, optional
+        Extend the population below the catalogue's completeness limit as the official full truth does
+        (:data:`FAINT_FLUX_BREAK`, :data:`FAINT_SLOPE`, :data:`FAINT_FLUX_MIN`, :data:`FAINT_DENSITY`):
+        catalogue sources above 6 uJy, a power law from 0.27 to 6 uJy (about 10x more sources, 611 000 per
+        deg^2 in all), all rendered and all in the truth. Default False (the catalogue population alone).
     ndim : {2, 4}, optional
         2-D image or SDC1-like 4-D ``(1, 1, Y, X)`` layout.
     strip_rows : int, optional
@@ -827,6 +853,10 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
                 raise FileExistsError(f"{p}: exists (overwrite=False)")
     population = population or default_population()
     density = population.density if density is None else float(density)
+    if noise_rms is None:
+        noise_rms = FAINT_NOISE_RMS if faint_sources else 0.36e-6
+    if confusion_density is None:
+        confusion_density = 0.0 if faint_sources else 1.5e5
     rng = np.random.default_rng([int(seed), 1])
     wcs = make_wcs(size, center=center, pixel_size=pixel_size)
     beam_sigma_px = beam_fwhm * FWHM_TO_SIGMA / pixel_size
@@ -836,6 +866,13 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     # --- catalogue population
     n_src = int(rng.poisson(density * area_deg2))
     pop = sample_population(n_src, rng=rng, model=population)
+    if faint_sources:
+        frng = np.random.default_rng([int(seed), 2])
+        pop = pop[pop["flux"] >= FAINT_FLUX_BREAK]
+        n_faint = int(frng.poisson(FAINT_DENSITY * area_deg2))
+        fflux = _powerlaw(frng, n_faint, FAINT_FLUX_MIN, FAINT_FLUX_BREAK, FAINT_SLOPE)
+        pop = vstack([pop, sample_population(n_faint, rng=frng, model=population, flux=fflux)])
+        n_src = len(pop)
     xc = rng.uniform(-0.5, size - 0.5, n_src)
     yc = rng.uniform(-0.5, size - 0.5, n_src)
     cat = {k: np.asarray(pop[k], float) for k in ("flux", "b_maj", "b_min", "pa", "core_frac", "lobe_delta",
@@ -854,6 +891,12 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     pb_fn = (lambda x, y: primary_beam(_separation_deg(*wcs.all_pix2world(x, y, 0), *center), pb_null_radius))
     cat["pb"] = pb_fn(xc, yc) if n_src else np.zeros(0)
     cat["flux_app"] = cat["flux"] * cat["pb"]
+    if faint_sources:   # the truth lists sources down to an apparent flux (sdc1 spec: 176 000 deg^-2 field-wide)
+        keep = cat["flux_app"] >= FAINT_FLUX_MIN
+        cat = {k: v[keep] for k, v in cat.items()}
+        xc, yc, ra_c, dec_c, ra_t, dec_t = (a[keep] for a in (xc, yc, ra_c, dec_c, ra_t, dec_t))
+        theta = theta[keep]
+        n_src = int(keep.sum())
     comp = _build_components(cat, pixel_size, beam_sigma_px)
     order = np.argsort(comp.gy, kind="stable")
     gy_sorted = comp.gy[order]
@@ -928,6 +971,7 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     t_end = time.perf_counter()
     meta = dict(size=size, seed=int(seed), center=tuple(center), n_sources=n_src, noise_rms=noise_rms,
                 density=density, pb_null_radius=pb_null_radius, confusion_density=confusion_density,
+                faint_sources=bool(faint_sources),
                 ndim=ndim, seconds_catalogue=t_cat - t_start, seconds_image=t_img - t_cat,
                 seconds_total=t_end - t_start)
     truth.meta.update({k: v for k, v in meta.items() if k != "center"})

@@ -31,7 +31,7 @@ DEFAULT_CONFIG = {
     "patch_size": 128, "max_nb_obj": 100, "images_per_iter": 256, "empty_prob": 0.03,
     "nb_iter": 200, "max_minutes": 70.0, "batch_size": 16, "learning_rate": 1e-3, "end_learning_rate": 1e-4,
     "lr_decay": 0.02, "momentum": 0.8, "weight_decay": 0.0, "rand_startup_iters": 5, "save_every": 4,
-    "valid_grid": 4, "seed": 0, "threads": 1,
+    "valid_grid": 4, "seed": 0, "threads": 1, "faint_sources": False, "init_weights": None,
 }
 
 
@@ -57,7 +57,8 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> dict:
 
 
 def _field_dir(cfg: dict, kind: str, spec: dict) -> str:
-    return os.path.join(cfg["fields_dir"], f"{kind}_s{spec['seed']}_{spec['size']}")
+    tag = "_faint" if cfg.get("faint_sources") else ""
+    return os.path.join(cfg["fields_dir"], f"{kind}_s{spec['seed']}_{spec['size']}{tag}")
 
 
 def ensure_fields(cfg: dict) -> tuple[list[str], str]:
@@ -70,7 +71,8 @@ def ensure_fields(cfg: dict) -> tuple[list[str], str]:
             d = _field_dir(cfg, kind, spec)
             if not os.path.exists(os.path.join(d, "truth.txt")):
                 log.info("simulating %s field seed %d size %d -> %s", kind, spec["seed"], spec["size"], d)
-                simulate_continuum_field(d, size=int(spec["size"]), seed=int(spec["seed"]))
+                simulate_continuum_field(d, size=int(spec["size"]), seed=int(spec["seed"]),
+                                         faint_sources=bool(cfg.get("faint_sources")))
             out.append(d)
     return out[:-1], out[-1]
 
@@ -78,6 +80,19 @@ def ensure_fields(cfg: dict) -> tuple[list[str], str]:
 def _latest_checkpoint(out_dir: Path) -> Path | None:
     ckpts = sorted((out_dir / "checkpoints").glob("iter_*.safetensors"))
     return ckpts[-1] if ckpts else None
+
+
+def _load_initial_weights(net, path) -> None:
+    """Warm start: copy the network weights of a model or checkpoint file (same architecture) into ``net``."""
+    from cianna.train.checkpoint import read_checkpoint
+
+    _, _, tensors = read_checkpoint(path)
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(f"init_weights {path}: not the weights of this network ({exc})") from None
+    log.info("initial weights from %s", path)
 
 
 def train(cfg: dict) -> Path:
@@ -114,6 +129,8 @@ def train(cfg: dict) -> Path:
     if last is not None:
         trainer.load_checkpoint(last)
         log.info("resumed from %s (iteration %d)", last, trainer.iteration)
+    elif cfg.get("init_weights"):
+        _load_initial_weights(net, cfg["init_weights"])
 
     def make(iteration, rng):
         return sample_patches(fields, n_img, size, rng, max_nb_obj=mno, empty_prob=float(cfg["empty_prob"]))
