@@ -3,6 +3,8 @@
 Small fields only; no training. The detection-quality tests use the bundled pretrained model and are skipped
 when it is absent; plumbing tests use a freshly initialised tiny network.
 """
+import os
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -217,3 +219,21 @@ def test_training_warm_start_weights_and_faint_field_dirs(tiny_model, tmp_path):
     cfg = load_config(None, faint_sources=True)
     assert _field_dir(cfg, "train", {"seed": 5, "size": 64}).endswith("train_s5_64_faint")
     assert _field_dir(load_config(None), "train", {"seed": 5, "size": 64}).endswith("train_s5_64")
+
+
+@needs_model
+def test_choose_size_scale_scores_candidates_and_restores_model(field):
+    from cianna.pipelines.sdc1.detect import load_model
+    from cianna.pipelines.sdc1.tune import choose_size_scale
+
+    model = load_model()
+    saved = model.size_scale
+    d = os.path.dirname(field.image)
+    best, rows = choose_size_scale(model, d, b_maj=(1.0,), b_min=(0.3, 1.0))
+    assert model.size_scale == saved
+    assert [(r["b_maj"], r["b_min"]) for r in rows] == [(1.0, 0.3), (1.0, 1.0)]
+    # b_min changes the b_min term: the two candidates score differently, and the best one is returned
+    assert rows[0]["value"] != rows[1]["value"]
+    ok = [r for r in rows if r["n_match"] >= 0.995 * rows[1]["n_match"]]
+    top = max(ok, key=lambda r: r["value"])
+    assert best == (top["b_maj"], top["b_min"])

@@ -71,6 +71,14 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet)
     meta = dict(model.meta)
     meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
+    if args.size_scale:
+        import numpy as np
+
+        from cianna.pipelines.sdc1.tune import choose_size_scale
+
+        model.thresholds = np.asarray(res["thresholds"], float)
+        model.size_scale, meta["size_scale_search"] = choose_size_scale(model, args.valid)
+        res["size_scale"] = list(model.size_scale)
     save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale)
     print(json.dumps(res, indent=1, default=float))
     return 0
@@ -159,6 +167,8 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model or training checkpoint")
     p.add_argument("valid", help="validation field directory (image.fits, pb.fits, truth.txt)")
     p.add_argument("--out", required=True, help="output model file with the tuned thresholds")
+    p.add_argument("--size-scale", action="store_true",
+                   help="also choose the (b_maj, b_min) multipliers of the regressed sizes on the field")
     p.add_argument("--low", type=float, default=0.05, help="lowest threshold tried (default 0.05)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_tune)

@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "export_model"]
+__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "choose_size_scale", "export_model"]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,53 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
         s = score_sdc1(tuned, truth, area="all")
         out["score"] = {k: getattr(s, k) for k in keys}
     return out
+
+
+def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(0.8, 0.9, 1.0), b_min=(0.5, 0.6, 0.8, 1.0),
+                      keep_matches: float = 0.995) -> tuple[tuple[float, float], list]:
+    """Choose the (b_maj, b_min) multipliers of the network's regressed sizes on a validation field.
+
+    The regressed sizes are biased (the training targets clip b_maj >= 0.9", b_min >= 0.3", ``sdc1.md`` §3.6).
+    Each candidate pair is applied to the network-valued sizes (fitted sizes of the refinement are unbiased and
+    not scaled), the field is detected with the model's thresholds and scored. The best score wins among the
+    candidates that keep at least ``keep_matches`` of the matches of (1, 1): the scorer's matching uses the
+    sizes, and a scale that trades matches for size terms is not kept.
+
+    Parameters
+    ----------
+    model : SDC1Model
+        Model with tuned thresholds; its ``size_scale`` is not modified.
+    valid_dir : str or os.PathLike
+        Validation field directory (``image.fits``, ``pb.fits``, ``truth.txt``).
+    b_maj, b_min : sequence of float
+        Candidate multipliers.
+
+    Returns
+    -------
+    best : (float, float)
+    table : list of dict
+        One row per candidate: ``b_maj, b_min, value, n_match, purity``.
+    """
+    from cianna.pipelines.sdc1.detect import detect_image
+    from cianna.scoring.sdc1 import score_sdc1
+
+    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    saved, rows = model.size_scale, []
+    try:
+        for a in b_maj:
+            for b in b_min:
+                model.size_scale = (float(a), float(b))
+                sc = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
+                rows.append({"b_maj": float(a), "b_min": float(b), "value": float(sc.value),
+                             "n_match": int(sc.n_match), "purity": float(sc.purity)})
+                log.info("size_scale (%.2f, %.2f): score %.1f, %d matches", a, b, sc.value, sc.n_match)
+    finally:
+        model.size_scale = saved
+    ref = [r for r in rows if r["b_maj"] == 1.0 and r["b_min"] == 1.0]
+    floor = keep_matches * (ref[0]["n_match"] if ref else max(r["n_match"] for r in rows))
+    ok = [r for r in rows if r["n_match"] >= floor] or rows
+    best = max(ok, key=lambda r: r["value"])
+    return (best["b_maj"], best["b_min"]), rows
 
 
 def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,
