@@ -6,7 +6,7 @@ Usage::
                               [--threads 1] [--faint-sources] [--model M]
 
 ``--faint-sources`` simulates the field with the faint population of the official full truth
-(``docs/sdc1.md`` §1.7; use another ``--out``).
+(``docs/sdc1.md`` §1.7), ``--dirty-psf`` with SDC1's dirty PSF below 8.6 uJy/beam (§1.8); use another ``--out``.
 
 Each finder runs in its own child process (``python benchmarks/sdc1.py --child ...``) that records its wall
 time and its own peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``); results are cached in
@@ -61,7 +61,7 @@ def _child(args) -> int:
     return 0
 
 
-def _table(out: str, size: int, seed: int, faint: bool = False) -> str:
+def _table(out: str, size: int, seed: int, faint: bool = False, dirty: bool = False) -> str:
     rows = {}
     for f in ("cianna", "pybdsf"):
         p = os.path.join(out, f"result_{f}.json")
@@ -71,7 +71,7 @@ def _table(out: str, size: int, seed: int, faint: bool = False) -> str:
     if not rows:
         return "no results"
     names = list(rows)
-    sky = "catalogue + faint population" if faint else "catalogue population"
+    sky = ("catalogue + faint population" if faint else "catalogue population") + (", dirty PSF" if dirty else "")
     lines = [f"Simulated {size}² field ({sky}), seed {seed}; " f"machine: {platform.machine()}, {os.cpu_count()} cores "
              f"(shared), python {platform.python_version()}", "",
              "| quantity | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     p.add_argument("--table-only", action="store_true", help="print the table of cached results")
     p.add_argument("--faint-sources", action="store_true",
                    help="simulate the field with the faint population (docs/sdc1.md §1.7)")
+    p.add_argument("--dirty-psf", action="store_true", help="simulate the field with the dirty PSF (§1.8)")
     args = p.parse_args(argv)
     if args.child:
         return _child(args)
@@ -116,12 +117,13 @@ def main(argv=None) -> int:
         if not os.path.exists(os.path.join(field, "truth.txt")):
             from cianna.sim.continuum import simulate_continuum_field
 
-            simulate_continuum_field(field, size=args.size, seed=args.seed, faint_sources=args.faint_sources)
+            simulate_continuum_field(field, size=args.size, seed=args.seed, faint_sources=args.faint_sources,
+                                     dirty_psf=args.dirty_psf)
         for finder in ([args.only] if args.only else ["cianna", "pybdsf"]):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", finder, "--out", args.out,
                    "--threads", str(args.threads)] + (["--model", args.model] if args.model else [])
             subprocess.run(cmd, check=True)
-    print(_table(args.out, args.size, args.seed, args.faint_sources))
+    print(_table(args.out, args.size, args.seed, args.faint_sources, args.dirty_psf))
     return 0
 
 

@@ -218,6 +218,8 @@ def test_training_warm_start_weights_and_faint_field_dirs(tiny_model, tmp_path):
         _load_initial_weights(net, other)
     cfg = load_config(None, faint_sources=True)
     assert _field_dir(cfg, "train", {"seed": 5, "size": 64}).endswith("train_s5_64_faint")
+    cfg = load_config(None, faint_sources=True, dirty_psf=True)
+    assert _field_dir(cfg, "valid", {"seed": 5, "size": 64}).endswith("valid_s5_64_faint_dirty")
     assert _field_dir(load_config(None), "train", {"seed": 5, "size": 64}).endswith("train_s5_64")
 
 

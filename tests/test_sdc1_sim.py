@@ -296,3 +296,70 @@ def test_catalogue_population_unchanged_without_faint_sources(tmp_path):
     a = cs.simulate_continuum_field(tmp_path / "a", size=128, seed=5)
     assert a.meta["faint_sources"] is False and a.meta["confusion_density"] == 1.5e5
     assert np.asarray(a.truth["flux"]).min() > 2e-6       # the catalogue's floor (2.96 uJy)
+
+
+# ---------------------------------------------------------------- dirty PSF (docs/sdc1.md §1.8)
+def test_dirty_psf_model_matches_real_noise_autocorrelation():
+    psf = cs.dirty_psf_image(7)
+    assert psf[7, 7] == pytest.approx(1.0)
+    yy, xx = np.mgrid[-7:8, -7:8]
+    r = np.rint(np.hypot(xx, yy))
+    measured = [1.0, 0.569, 0.111, -0.060, -0.057, -0.027]      # real B1 1000 h cutout, radial means
+    for k, v in enumerate(measured):
+        assert psf[r == k].mean() == pytest.approx(v, abs=0.02)
+    # white noise through the noise filter has the PSF as autocorrelation
+    h = cs._dirty_noise_kernel(cs.DIRTY_PSF)
+    from scipy.signal import fftconvolve
+
+    x = fftconvolve(np.random.default_rng(0).standard_normal((600, 600)), h, mode="same")[20:-20, 20:-20]
+    for dy, dx in ((0, 1), (1, 0), (0, 2), (2, 0), (0, 3)):
+        ac = np.mean(x[dy:, dx:] * x[:x.shape[0] - dy, :x.shape[1] - dx]) / x.var()
+        assert ac == pytest.approx(psf[7 + dy, 7 + dx], abs=0.03)
+
+
+def test_dirty_sources_have_dirty_psf_and_bright_ones_stay_clean(tmp_path):
+    f = cs.simulate_continuum_field(tmp_path / "d", size=512, seed=8, dirty_psf=True, noise_rms=1e-12,
+                                    confusion_density=0.0, pb_null_radius=None)
+    t, img = f.truth, fits.getdata(f.image).astype(float)
+    assert f.meta["dirty_psf"] is True
+    dirty = np.asarray(t["dirty"])
+    peak = np.asarray(t["peak_app"], float)
+    assert dirty.any() and (~dirty).any()
+    assert np.all(peak[dirty] < cs.CLEAN_LIMIT) and np.all(peak[~dirty & (t["size"] == 2)] >= cs.CLEAN_LIMIT)
+    x, y = np.asarray(t["x"]), np.asarray(t["y"])
+    psf = cs.dirty_psf_image(7)
+    checked = 0
+    for i in np.nonzero(dirty & (np.asarray(t["b_maj"]) < 0.3))[0]:
+        xi, yi = int(round(x[i])), int(round(y[i]))
+        d2 = (x - x[i]) ** 2 + (y - y[i]) ** 2
+        if not (10 < xi < 501 and 10 < yi < 501) or np.sort(d2)[1] < 20**2 or abs(x[i] - xi) > 0.15 \
+                or abs(y[i] - yi) > 0.15:
+            continue
+        stamp = img[yi - 7:yi + 8, xi - 7:xi + 8] / float(t["flux_app"][i])
+        assert stamp[7, 7] == pytest.approx(1.0, abs=0.08)          # a point source peaks at its flux
+        assert stamp.min() < -0.03                                   # negative ring of the dirty PSF
+        assert np.abs(stamp - psf).max() < 0.1
+        checked += 1
+    assert checked >= 1
+    clean = np.nonzero(~dirty & (t["size"] == 2) & (np.asarray(t["b_maj"]) < 0.3))[0]
+    i = clean[np.argmax(peak[clean])]
+    xi, yi = int(round(x[i])), int(round(y[i]))
+    assert 10 < xi < 501 and 10 < yi < 501
+    yy, xx = np.mgrid[-7:8, -7:8]
+    ring = (np.hypot(xx, yy) > 2.5) & (np.hypot(xx, yy) < 4.5)
+    stamp = img[yi - 7:yi + 8, xi - 7:xi + 8] / peak[i]
+    assert stamp[7, 7] == pytest.approx(1.0, abs=0.1)
+    assert stamp[ring].mean() > -0.01 and psf[ring].mean() < -0.04     # restoring beam: no negative ring
+
+
+def test_dirty_field_noise_statistics(tmp_path):
+    from astropy.stats import sigma_clipped_stats
+
+    f = cs.simulate_continuum_field(tmp_path / "n", size=512, seed=9, faint_sources=True, dirty_psf=True,
+                                    pb_null_radius=None)
+    d = fits.getdata(f.image).astype(float)
+    _, med, rms = sigma_clipped_stats(d, sigma=3.0)
+    assert 0.33e-6 < rms < 0.40e-6          # real map: 0.36 uJy/beam
+    x = np.where(np.abs(d - med) < 3 * rms, d - med, 0.0)
+    ac1 = np.mean(x[:, 1:] * x[:, :-1]) / np.mean(x * x)
+    assert 0.55 < ac1 < 0.75                # real map 0.65; a restoring-beam noise would give 0.80

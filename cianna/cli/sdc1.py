@@ -68,7 +68,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     pb = None if args.pb_null_radius <= 0 else args.pb_null_radius
     field = simulate_continuum_field(args.out, size=args.size, seed=args.seed, pb_null_radius=pb,
                                      noise_rms=None if args.noise_rms is None else args.noise_rms * 1e-6,
-                                     faint_sources=args.faint_sources, ndim=args.ndim)
+                                     faint_sources=args.faint_sources, dirty_psf=args.dirty_psf, ndim=args.ndim)
     print(f"image  {field.image}\npb     {field.pb}\ntruth  {field.truth_path}  ({len(field.truth)} sources)\n"
           f"time   {field.meta['seconds_total']:.2f} s")
     return 0
@@ -114,10 +114,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pb-null-radius", type=float, default=2.75,
                    help="primary-beam first-null radius in deg (default 2.75 as SDC1 B1; 0 = no PB)")
     p.add_argument("--noise-rms", type=float, default=None,
-                   help="white-noise rms in uJy/beam (default 0.36; 0.315 with --faint-sources)")
+                   help="white-noise rms in uJy/beam (default 0.36; 0.315 with --faint-sources, "
+                        "0.30 with --faint-sources --dirty-psf)")
     p.add_argument("--faint-sources", action="store_true",
                    help="extend the population below the catalogue's completeness limit down to 0.27 uJy, "
                         "as the official full truth (10x more sources, all in the truth)")
+    p.add_argument("--dirty-psf", action="store_true",
+                   help="convolve sources below 8.6 uJy/beam with the dirty PSF measured on the real map, "
+                        "and give the noise its autocorrelation (as SDC1)")
     p.add_argument("--ndim", type=int, choices=(2, 4), default=2, help="2-D image or SDC1 4-D layout")
     p.set_defaults(func=_cmd_simulate)
 

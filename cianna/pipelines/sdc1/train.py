@@ -31,7 +31,8 @@ DEFAULT_CONFIG = {
     "patch_size": 128, "max_nb_obj": 100, "images_per_iter": 256, "empty_prob": 0.03,
     "nb_iter": 200, "max_minutes": 70.0, "batch_size": 16, "learning_rate": 1e-3, "end_learning_rate": 1e-4,
     "lr_decay": 0.02, "momentum": 0.8, "weight_decay": 0.0, "rand_startup_iters": 5, "save_every": 4,
-    "valid_grid": 4, "seed": 0, "threads": 1, "faint_sources": False, "init_weights": None,
+    "valid_grid": 4, "seed": 0, "threads": 1, "faint_sources": False, "dirty_psf": False,
+    "init_weights": None,
 }
 
 
@@ -57,7 +58,7 @@ def load_config(path: str | os.PathLike | None = None, **overrides) -> dict:
 
 
 def _field_dir(cfg: dict, kind: str, spec: dict) -> str:
-    tag = "_faint" if cfg.get("faint_sources") else ""
+    tag = ("_faint" if cfg.get("faint_sources") else "") + ("_dirty" if cfg.get("dirty_psf") else "")
     return os.path.join(cfg["fields_dir"], f"{kind}_s{spec['seed']}_{spec['size']}{tag}")
 
 
@@ -72,7 +73,8 @@ def ensure_fields(cfg: dict) -> tuple[list[str], str]:
             if not os.path.exists(os.path.join(d, "truth.txt")):
                 log.info("simulating %s field seed %d size %d -> %s", kind, spec["seed"], spec["size"], d)
                 simulate_continuum_field(d, size=int(spec["size"]), seed=int(spec["seed"]),
-                                         faint_sources=bool(cfg.get("faint_sources")))
+                                         faint_sources=bool(cfg.get("faint_sources")),
+                                         dirty_psf=bool(cfg.get("dirty_psf")))
             out.append(d)
     return out[:-1], out[-1]
 
