@@ -239,3 +239,44 @@ def test_choose_size_scale_scores_candidates_and_restores_model(field):
     ok = [r for r in rows if r["n_match"] >= 0.995 * rows[1]["n_match"]]
     top = max(ok, key=lambda r: r["value"])
     assert best == (top["b_maj"], top["b_min"])
+
+
+@needs_model
+def test_demo_realistic_sky_writes_outputs_and_scores(tmp_path):
+    from cianna.cli.sdc1_yolo import run_demo
+    from cianna.sim.continuum import FAINT_DENSITY, PIXEL_SIZE_DEG
+
+    res = run_demo(str(tmp_path / "demo"), size=256, seed=5, pybdsf=False, progress=False)
+    area = (256 * PIXEL_SIZE_DEG) ** 2
+    assert res["n_truth"] > 0.8 * FAINT_DENSITY * area            # the faint population is in the truth
+    for key in ("catalog", "ecsv", "regions", "png"):
+        assert os.path.getsize(res["paths"][key]) > 0
+    s = res["cianna"]
+    assert s.n_det > 0 and s.n_match > 0.8 * s.n_det and res["pybdsf"] is None
+    with pytest.raises(ValueError, match="sky must be one of"):
+        run_demo(str(tmp_path / "bad"), size=64, sky="nope")
+
+
+def test_param_limits_roundtrip_stored_in_models_and_checkpoints(tmp_path):
+    from cianna.pipelines.sdc1.detect import load_model
+    from cianna.train import Trainer
+
+    lim = D.param_limits({"bmaj": (0.1, 60.0), "bmin": (0.03, 30.0)})
+    bmaj, bmin = np.array([0.3, 2.0, 10.0]), np.array([0.1, 1.0, 5.0])
+    p = D.encode_params(np.full(3, 1e-5), bmaj, bmin, np.zeros(3), lim)
+    out = D.decode_params(p, lim)
+    assert np.allclose(out["bmaj"], bmaj) and np.allclose(out["bmin"], bmin)
+    spec = D.decode_params(D.encode_params(np.full(3, 1e-5), bmaj, bmin, np.zeros(3)))
+    assert spec["bmaj"][0] == pytest.approx(0.9) and spec["bmin"][0] == pytest.approx(0.3)   # the spec's clip
+    with pytest.raises(ValueError, match="unknown quantity 'size'"):
+        D.param_limits({"size": (1, 2)})
+    with pytest.raises(ValueError, match="0 < min < max"):
+        D.param_limits({"bmaj": (5, 1)})
+    net = build_network(64, seed=1)
+    m = load_model(save_model(tmp_path / "m.safetensors", net, [0.5] * 6, param_limits=lim))
+    assert m.param_limits["bmaj"] == (0.1, 60.0) and m.param_limits["flux"] == D.PARAM_LIMITS["flux"]
+    assert load_model(save_model(tmp_path / "s.safetensors", net, [0.5] * 6)).param_limits == D.PARAM_LIMITS
+    tr = Trainer(net, learning_rate=1e-3, batch_size=2)
+    tr.extra_state = {"sdc1": {"param_limits": {k: list(v) for k, v in lim.items()}}}
+    ck = load_model(tr.save_checkpoint(tmp_path / "ck.safetensors"))   # a training checkpoint decodes right
+    assert ck.param_limits["bmin"] == (0.03, 30.0)

@@ -79,14 +79,21 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model.thresholds = np.asarray(res["thresholds"], float)
         model.size_scale, meta["size_scale_search"] = choose_size_scale(model, args.valid)
         res["size_scale"] = list(model.size_scale)
-    save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale)
+    save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale,
+               param_limits=model.param_limits)
     print(json.dumps(res, indent=1, default=float))
     return 0
 
 
+SKIES = {"realistic": {"faint_sources": True, "dirty_psf": True}, "catalogue": {}}
+
+
 def run_demo(out: str, *, size: int = 1024, seed: int = 12345, pybdsf: bool = True, model=None,
-             progress: bool = True) -> dict:
+             progress: bool = True, sky: str = "realistic") -> dict:
     """Simulate a field, detect with the bundled model, score it and PyBDSF's catalogue, write outputs.
+
+    ``sky``: ``"realistic"`` (faint population of the official truth and SDC1's dirty PSF, ``docs/sdc1.md``
+    §1.7-1.8) or ``"catalogue"`` (the calibrated catalogue population alone, restoring beam).
 
     Returns
     -------
@@ -97,8 +104,10 @@ def run_demo(out: str, *, size: int = 1024, seed: int = 12345, pybdsf: bool = Tr
     from cianna.scoring.sdc1 import score_sdc1
     from cianna.sim.continuum import simulate_continuum_field
 
+    if sky not in SKIES:
+        raise ValueError(f"sky must be one of {sorted(SKIES)}, got {sky!r}")
     os.makedirs(out, exist_ok=True)
-    field = simulate_continuum_field(os.path.join(out, "field"), size=size, seed=seed)
+    field = simulate_continuum_field(os.path.join(out, "field"), size=size, seed=seed, **SKIES[sky])
     seconds, paths = {}, {}
     t0 = time.perf_counter()
     cat = detect_image(field.image, pb=field.pb, model=model, progress=progress)
@@ -121,11 +130,12 @@ def run_demo(out: str, *, size: int = 1024, seed: int = 12345, pybdsf: bool = Tr
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    res = run_demo(args.out, size=args.size, seed=args.seed, pybdsf=not args.no_pybdsf, progress=not args.quiet)
+    res = run_demo(args.out, size=args.size, seed=args.seed, pybdsf=not args.no_pybdsf, progress=not args.quiet,
+                   sky=args.sky)
     rows = [("cianna (YOLO)", res["cianna"], res["seconds"]["cianna"])]
     if res["pybdsf"] is not None:
         rows.append(("PyBDSF", res["pybdsf"], res["seconds"]["pybdsf"]))
-    print(f"\nSimulated {args.size}^2 field, seed {args.seed}: {res['n_truth']} true sources "
+    print(f"\nSimulated {args.size}^2 field ({args.sky} sky), seed {args.seed}: {res['n_truth']} true sources "
           f"(scored with ska-sdc, 560 MHz, whole field)")
     print(f"{'finder':<14} {'score':>9} {'n_det':>6} {'n_match':>7} {'purity':>6} {'complete':>8} {'time[s]':>7}")
     for name, s, sec in rows:
@@ -178,5 +188,8 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=1024, help="field side in pixels (default 1024)")
     p.add_argument("--seed", type=int, default=12345, help="simulation seed (default 12345)")
     p.add_argument("--no-pybdsf", action="store_true", help="skip the PyBDSF comparison")
+    p.add_argument("--sky", choices=sorted(SKIES), default="realistic",
+                   help="realistic: faint population + dirty PSF as SDC1 (default); catalogue: the catalogue "
+                        "population alone")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)

@@ -51,6 +51,11 @@ Noise: white Gaussian noise convolved with the restoring beam and rescaled so it
 catalogue population (``confusion_density`` per deg^2, ``dN/dS ~ S^confusion_slope`` between
 ``confusion_flux_range``), multiplied by the PB and convolved with the beam, not listed in the truth.
 
+Realism options (``docs/sdc1.md`` §1.7-1.8): ``faint_sources=True`` extends the population below the real
+catalogue's completeness limit to the density of the official full truth (all listed in the truth);
+``dirty_psf=True`` convolves sources below 8.6 uJy/beam with the dirty PSF measured on the real map and gives the
+noise its autocorrelation, as SDC1 did.
+
 Large fields are written in horizontal strips of ``strip_rows`` rows straight to the FITS file (header, then
 big-endian float32 rows), so memory stays bounded (about 12 x ``strip_rows`` x ``size`` bytes + the source
 list). Noise and confusion sources are generated per 64-row block with their own seeds, so the image does not

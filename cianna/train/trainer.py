@@ -369,8 +369,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
-        """JSON-serialisable training state."""
-        return {"iteration": self.iteration, "learning_rate": self.learning_rate,
+        """JSON-serialisable training state (plus :attr:`extra_state`, e.g. how the targets were encoded)."""
+        return {**getattr(self, "extra_state", {}), "iteration": self.iteration, "learning_rate": self.learning_rate,
                 "end_learning_rate": self.end_learning_rate, "lr_decay": self.lr_decay,
                 "momentum": self.momentum, "weight_decay": self.weight_decay, "batch_size": self.batch_size,
                 "shuffle_every": self.shuffle_every, "seed": self.seed, "precision": self.precision}

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["MIN_PIX", "MAX_PIX", "PARAM_LIMITS", "normalize", "box_extents", "encode_params", "decode_params",
-           "fold_pa", "perscut", "pixel_scale_arcsec", "TrainingField", "load_field", "sample_patches", "grid_patches"]
+           "fold_pa", "perscut", "pixel_scale_arcsec", "param_limits", "TrainingField", "load_field", "sample_patches", "grid_patches"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,22 @@ log = logging.getLogger(__name__)
 MIN_PIX, MAX_PIX = 0.4e-6, 0.4e-4
 #: (min, max) clip bounds of the regressed quantities before the ln / min-max step (``sdc1.md`` §3.6):
 #: apparent flux [Jy], b_maj [arcsec], b_min [arcsec].
+#: A model or training run may use other bounds (``param_limits``, stored in the model file): the spec's
+#: b_maj >= 0.9" clip makes the network regress 0.9" for faint sources whose true b_maj is ~0.3".
 PARAM_LIMITS = {"flux": (1.97e-6, 2.0e-3), "bmaj": (0.9, 60.0), "bmin": (0.3, 30.0)}
+
+
+def param_limits(overrides: dict | None = None) -> dict:
+    """:data:`PARAM_LIMITS` updated by ``overrides`` (``{name: (min, max)}``), checked."""
+    out = dict(PARAM_LIMITS)
+    for k, v in (overrides or {}).items():
+        if k not in PARAM_LIMITS:
+            raise ValueError(f"param_limits: unknown quantity {k!r} (expected one of {sorted(PARAM_LIMITS)})")
+        lo, hi = (float(a) for a in v)
+        if not 0 < lo < hi:
+            raise ValueError(f"param_limits[{k!r}] must be 0 < min < max, got {v}")
+        out[k] = (lo, hi)
+    return out
 #: b_maj (arcsec) at or below which the PA is not resolvable and regressed as 0 (``pa_res_lim``).
 PA_RES_LIM = 1.8
 #: Box size clip range in pixels.
@@ -90,17 +105,17 @@ def box_extents(bmaj, bmin, pa, pixel_arcsec: float) -> tuple[np.ndarray, np.nda
     return w, h
 
 
-def _lnorm(v, name):
-    lo, hi = PARAM_LIMITS[name]
+def _lnorm(v, name, limits=None):
+    lo, hi = (limits or PARAM_LIMITS)[name]
     return (np.log(np.clip(v, lo, hi)) - np.log(lo)) / (np.log(hi) - np.log(lo))
 
 
-def _lden(p, name):
-    lo, hi = PARAM_LIMITS[name]
+def _lden(p, name, limits=None):
+    lo, hi = (limits or PARAM_LIMITS)[name]
     return np.exp(np.asarray(p, float) * (np.log(hi) - np.log(lo)) + np.log(lo))
 
 
-def encode_params(flux_app, bmaj, bmin, pa) -> np.ndarray:
+def encode_params(flux_app, bmaj, bmin, pa, limits: dict | None = None) -> np.ndarray:
     """The five regressed parameters (``sdc1.md`` §3.6).
 
     Parameters
@@ -111,6 +126,8 @@ def encode_params(flux_app, bmaj, bmin, pa) -> np.ndarray:
         Arcsec.
     pa : array_like, shape (N,)
         Deg (any range; folded to [−90, 90)).
+    limits : dict, optional
+        Clip bounds (:func:`param_limits`); default :data:`PARAM_LIMITS`.
 
     Returns
     -------
@@ -119,16 +136,18 @@ def encode_params(flux_app, bmaj, bmin, pa) -> np.ndarray:
     """
     bmaj = np.asarray(bmaj, float)
     pa = np.deg2rad(np.where(np.clip(bmaj, *PARAM_LIMITS["bmaj"]) <= PA_RES_LIM, 0.0, fold_pa(pa)))
-    return np.stack([_lnorm(flux_app, "flux"), _lnorm(bmaj, "bmaj"), _lnorm(bmin, "bmin"),
+    return np.stack([_lnorm(flux_app, "flux", limits), _lnorm(bmaj, "bmaj", limits), _lnorm(bmin, "bmin", limits),
                      np.cos(pa), (np.sin(pa) + 1.0) / 2.0], axis=-1).astype(np.float32)
 
 
-def decode_params(p) -> dict:
+def decode_params(p, limits: dict | None = None) -> dict:
     """Inverse of :func:`encode_params` on network outputs (``sdc1.md`` §3.11).
 
     Parameters
     ----------
     p : array_like, shape (N, 5)
+    limits : dict, optional
+        The clip bounds the network was trained with; default :data:`PARAM_LIMITS`.
 
     Returns
     -------
@@ -137,7 +156,8 @@ def decode_params(p) -> dict:
     """
     p = np.asarray(p, dtype=np.float64).reshape(-1, 5)
     pa = np.rad2deg(np.arctan2(2.0 * np.clip(p[:, 4], 0, 1) - 1.0, np.clip(p[:, 3], 0, 1)))
-    return {"flux_app": _lden(p[:, 0], "flux"), "bmaj": _lden(p[:, 1], "bmaj"), "bmin": _lden(p[:, 2], "bmin"),
+    return {"flux_app": _lden(p[:, 0], "flux", limits), "bmaj": _lden(p[:, 1], "bmaj", limits),
+            "bmin": _lden(p[:, 2], "bmin", limits),
             "pa": np.clip(pa, -90.0, 90.0)}
 
 
@@ -165,6 +185,8 @@ class TrainingField:
         Apparent flux (Jy), axes (arcsec), SDC1 PA (deg).
     pixel_arcsec : float
     name : str
+    limits : dict or None
+        Clip bounds of the encoded parameters (:func:`param_limits`; None = :data:`PARAM_LIMITS`).
     """
 
     image: np.ndarray
@@ -176,6 +198,7 @@ class TrainingField:
     pa: np.ndarray
     pixel_arcsec: float
     name: str = ""
+    limits: dict | None = None
 
 
 def pixel_scale_arcsec(wcs) -> float:
@@ -185,7 +208,7 @@ def pixel_scale_arcsec(wcs) -> float:
     return float(np.mean(np.abs(proj_plane_pixel_scales(wcs)[:2])) * 3600.0)
 
 
-def load_field(directory: str | os.PathLike, *, select: bool = True) -> TrainingField:
+def load_field(directory: str | os.PathLike, *, select: bool = True, limits: dict | None = None) -> TrainingField:
     """Load ``image.fits``, ``pb.fits`` and ``truth.txt`` of a simulated field (:mod:`cianna.sim.continuum`).
 
     Parameters
@@ -194,6 +217,8 @@ def load_field(directory: str | os.PathLike, *, select: bool = True) -> Training
         Field directory.
     select : bool
         Apply :func:`perscut` to the truth.
+    limits : dict, optional
+        Clip bounds of the encoded parameters (:func:`param_limits`).
 
     Returns
     -------
@@ -218,7 +243,7 @@ def load_field(directory: str | os.PathLike, *, select: bool = True) -> Training
     keep = perscut(flux_app, bmaj, bmin, pixel_arcsec) if select else np.ones(len(ra), bool)
     log.info("%s: %d of %d truth sources selected as targets", directory, keep.sum(), len(ra))
     return TrainingField(normalize(image), x[keep], y[keep], flux_app[keep], bmaj[keep], bmin[keep], pa[keep],
-                         pixel_arcsec, name=directory)
+                         pixel_arcsec, name=directory, limits=limits)
 
 
 def _augment(patch, x, y, pa, rot, fx, fy):
@@ -244,7 +269,7 @@ def _patch_targets(field: TrainingField, x0: int, y0: int, size: int, rng, augme
         patch, x, y, pa = _augment(patch, x, y, pa, rot, bool(rng.random() < 0.5), bool(rng.random() < 0.5))
     w, h = box_extents(field.bmaj[sel], field.bmin[sel], pa, field.pixel_arcsec)
     inside = (x + 0.5 - w / 2 >= 0) & (x + 0.5 + w / 2 <= size) & (y + 0.5 - h / 2 >= 0) & (y + 0.5 + h / 2 <= size)
-    params = encode_params(field.flux_app[sel], field.bmaj[sel], field.bmin[sel], pa)
+    params = encode_params(field.flux_app[sel], field.bmaj[sel], field.bmin[sel], pa, field.limits)
     cat = {"x": x[inside], "y": y[inside], "w": w[inside], "h": h[inside], "params": params[inside]}
     return np.ascontiguousarray(patch, dtype=np.float32), cat
 

@@ -56,7 +56,7 @@ class SDC1Model:
     path : str or None
     """
 
-    def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0)):
+    def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0), param_limits=None):
         self.network = network
         self.config = network.layers[-1].activation.yolo_config
         nb = self.config.nb_box
@@ -68,6 +68,10 @@ class SDC1Model:
         self.path = path
         #: Multiplicative (b_maj, b_min) correction of the regressed sizes, fitted on the validation field.
         self.size_scale = tuple(float(v) for v in size_scale)
+        #: Clip bounds of the regressed parameters the network was trained with (``data.param_limits``).
+        from cianna.pipelines.sdc1.data import param_limits as _limits
+
+        self.param_limits = _limits(param_limits)
         self._by_size = {}
 
     def for_size(self, size: int):
@@ -79,13 +83,16 @@ class SDC1Model:
         return self._by_size[size]
 
 
-def save_model(path, network, thresholds, meta: dict | None = None, size_scale=(1.0, 1.0)) -> Path:
-    """Save a network, its per-prior thresholds and size correction as one safetensors file
-    (``cianna.load`` reads the network too)."""
+def save_model(path, network, thresholds, meta: dict | None = None, size_scale=(1.0, 1.0),
+               param_limits: dict | None = None) -> Path:
+    """Save a network, its per-prior thresholds, size correction and parameter clip bounds as one safetensors
+    file (``cianna.load`` reads the network too)."""
+    from cianna.pipelines.sdc1.data import param_limits as _limits
     from cianna.train.checkpoint import save_checkpoint
 
     state = {"sdc1": {"thresholds": [float(t) for t in thresholds], "meta": meta or {},
-                      "size_scale": [float(v) for v in size_scale]}}
+                      "size_scale": [float(v) for v in size_scale],
+                      "param_limits": {k: list(v) for k, v in _limits(param_limits).items()}}}
     return save_checkpoint(path, network, state=state)
 
 
@@ -111,7 +118,7 @@ def load_model(path: str | os.PathLike | None = None) -> SDC1Model:
         raise CheckpointError(f"{path}: not a YOLO network (last layer activation is not YOLO)")
     sd = (state or {}).get("sdc1", {}) if isinstance(state, dict) else {}
     return SDC1Model(net.eval(), sd.get("thresholds"), sd.get("meta"), str(path),
-                     sd.get("size_scale", (1.0, 1.0)))
+                     sd.get("size_scale", (1.0, 1.0)), sd.get("param_limits"))
 
 
 def _normalize_torch(x):
@@ -274,7 +281,7 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
     xyz = det.pixel_centres().double().numpy()
     x, y = xyz[:, 0], xyz[:, 1]
     extra = det.extra.double().numpy().reshape(len(det), -1)
-    par = decode_params(extra[:, :5]) if len(det) else decode_params(np.zeros((0, 5)))
+    par = decode_params(extra[:, :5] if len(det) else np.zeros((0, 5)), model.param_limits)
     ra, dec = wcs.pixel_to_world_values(x, y) if len(det) else (np.zeros(0), np.zeros(0))
     ra, dec = np.asarray(ra, float), np.asarray(dec, float)
     ra = np.where(ra > 180.0, ra - 360.0, ra)

@@ -32,7 +32,7 @@ DEFAULT_CONFIG = {
     "nb_iter": 200, "max_minutes": 70.0, "batch_size": 16, "learning_rate": 1e-3, "end_learning_rate": 1e-4,
     "lr_decay": 0.02, "momentum": 0.8, "weight_decay": 0.0, "rand_startup_iters": 5, "save_every": 4,
     "valid_grid": 4, "seed": 0, "threads": 1, "faint_sources": False, "dirty_psf": False,
-    "init_weights": None,
+    "init_weights": None, "param_limits": None,
 }
 
 
@@ -107,7 +107,7 @@ def train(cfg: dict) -> Path:
     """
     import torch
 
-    from cianna.pipelines.sdc1.data import grid_patches, load_field, sample_patches
+    from cianna.pipelines.sdc1.data import grid_patches, load_field, param_limits, sample_patches
     from cianna.pipelines.sdc1.model import build_network, yolo_config
     from cianna.train import StreamingDataset, Trainer
 
@@ -117,8 +117,9 @@ def train(cfg: dict) -> Path:
     with open(out_dir / "config.json", "w") as fh:
         json.dump(cfg, fh, indent=1)
     train_dirs, valid_dir = ensure_fields(cfg)
-    fields = [load_field(d) for d in train_dirs]
-    valid_field = load_field(valid_dir)
+    limits = param_limits(cfg.get("param_limits"))
+    fields = [load_field(d, limits=limits) for d in train_dirs]
+    valid_field = load_field(valid_dir, limits=limits)
     size, mno = int(cfg["patch_size"]), int(cfg["max_nb_obj"])
     n_img = int(cfg["images_per_iter"])
     ycfg = yolo_config(max_nb_obj=mno, rand_startup=int(cfg["rand_startup_iters"]) * n_img)
@@ -127,6 +128,8 @@ def train(cfg: dict) -> Path:
                       lr_decay=cfg["lr_decay"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
                       batch_size=int(cfg["batch_size"]), control_interv=int(cfg["save_every"]), silent=2,
                       out_dir=out_dir, seed=int(cfg["seed"]))
+    # stored in every checkpoint, so that load_model() decodes the parameters with the training's bounds
+    trainer.extra_state = {"sdc1": {"param_limits": {k: list(v) for k, v in limits.items()}}}
     last = _latest_checkpoint(out_dir)
     if last is not None:
         trainer.load_checkpoint(last)

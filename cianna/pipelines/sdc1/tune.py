@@ -192,5 +192,6 @@ def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, ou
     record = dict(meta or {})
     record["checkpoint"] = os.fspath(checkpoint)
     record["tuning"] = {"valid_field": os.fspath(valid_dir), **res}
-    save_model(out, model.network, res["thresholds"], record, size_scale=model.size_scale)
+    save_model(out, model.network, res["thresholds"], record, size_scale=model.size_scale,
+               param_limits=model.param_limits)
     return res
