@@ -280,3 +280,36 @@ def test_param_limits_roundtrip_stored_in_models_and_checkpoints(tmp_path):
     tr.extra_state = {"sdc1": {"param_limits": {k: list(v) for k, v in lim.items()}}}
     ck = load_model(tr.save_checkpoint(tmp_path / "ck.safetensors"))   # a training checkpoint decodes right
     assert ck.param_limits["bmin"] == (0.03, 30.0)
+
+
+def test_tune_thresholds_exact_and_with_purity_floor():
+    from itertools import product
+
+    from cianna.pipelines.sdc1.tune import tune_thresholds
+
+    rng = np.random.default_rng(4)
+    n = 14
+    obj = rng.uniform(0.05, 1.0, 2 * n)
+    prior = np.repeat([0, 1], n)
+    matched = rng.random(2 * n) < 0.3 + 0.7 * obj          # higher objectness, more often a match
+    gains = np.where(matched, rng.uniform(0.8, 1.0, 2 * n), -1.0)
+
+    def kept(thr):
+        k = obj >= np.asarray(thr)[prior]
+        return gains[k].sum(), (gains[k] > -1).mean() if k.any() else 1.0
+
+    cuts = [np.r_[np.sort(obj[prior == k]), 2.0] for k in (0, 1)]
+    combos = [(kept(c), c) for c in product(*cuts)]
+    best = max(v[0] for v, _ in combos)
+    thr, summ = tune_thresholds(obj, prior, gains, 2, low=0.05)
+    assert kept(thr)[0] == pytest.approx(best) and summ["expected_score"] == pytest.approx(best)
+    free_purity = kept(thr)[1]
+    assert free_purity < 0.95                                # the test needs an active constraint
+    floor = 0.5 * (free_purity + 1.0)
+    thr2, summ2 = tune_thresholds(obj, prior, gains, 2, low=0.05, min_purity=floor)
+    score2, purity2 = kept(thr2)
+    assert purity2 >= floor and summ2["lambda"] > 0 and summ2["expected_purity"] == pytest.approx(purity2)
+    feasible = max(v[0] for v, _ in combos if v[1] >= floor)
+    assert score2 <= best and score2 >= feasible - 2.0        # the hull optimum is near the exact one
+    thr3, _ = tune_thresholds(obj, prior, gains, 2, low=0.05, min_purity=0.0)
+    assert np.array_equal(thr3, thr)

@@ -68,7 +68,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from cianna.pipelines.sdc1.tune import evaluate_model
 
     model = load_model(args.model)
-    res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet)
+    res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet, min_purity=args.min_purity)
     meta = dict(model.meta)
     meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
     if args.size_scale:
@@ -177,6 +177,8 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="model or training checkpoint")
     p.add_argument("valid", help="validation field directory (image.fits, pb.fits, truth.txt)")
     p.add_argument("--out", required=True, help="output model file with the tuned thresholds")
+    p.add_argument("--min-purity", type=float, default=None,
+                   help="maximise the validation score subject to this purity (default: no floor)")
     p.add_argument("--size-scale", action="store_true",
                    help="also choose the (b_maj, b_min) multipliers of the regressed sizes on the field")
     p.add_argument("--low", type=float, default=0.05, help="lowest threshold tried (default 0.05)")

@@ -51,48 +51,80 @@ def detection_gains(table, truth, *, area: str = "all") -> tuple[np.ndarray, obj
     return gains, s
 
 
-def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05) -> tuple[np.ndarray, dict]:
+def _best_cut(o, g, low):
+    """Threshold maximising the cumulative gain of detections sorted by decreasing objectness."""
+    order = np.argsort(-o, kind="stable")
+    o, g = o[order], g[order]
+    cum = np.cumsum(g)
+    best = int(np.argmax(cum))
+    if cum[best] <= 0:
+        return float(o[0]) + 1e-6, 0
+    return max(low, float(o[best])), best + 1
+
+
+def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05,
+                    min_purity: float | None = None) -> tuple[np.ndarray, dict]:
     """Per-prior thresholds maximising the summed gain of the detections kept.
 
     Parameters
     ----------
     objectness, prior, gains : array_like, shape (N,)
+        Gains: match score in [0, 1], or −1 for an unmatched detection.
     nb_box : int
     low : float
         Lowest allowed threshold (the detection run's own threshold).
+    min_purity : float, optional
+        Maximise the score subject to a purity (matched / kept) of at least this value. Each unmatched
+        detection then costs ``1 + lambda``; the smallest ``lambda`` (bisection) whose per-prior optimum meets
+        the purity is used, which is the exact constrained optimum on the convex hull of the gain curves.
 
     Returns
     -------
     thresholds : numpy.ndarray, shape (nb_box,)
     summary : dict
-        Per prior: detections, kept, gain kept; and the total expected score.
+        Per prior: detections, kept, gain kept; the total expected score and purity, and ``lambda``.
     """
     obj, prior, gains = np.asarray(objectness, float), np.asarray(prior, int), np.asarray(gains, float)
-    thr = np.full(nb_box, 1.0)
-    summary, total = {}, 0.0
+
+    def solve(lam):
+        g_eff = np.where(gains < 0, gains - lam, gains)
+        thr = np.full(nb_box, max(low, 0.5))
+        for k in range(nb_box):
+            sel = prior == k
+            if sel.any():
+                thr[k] = _best_cut(obj[sel], g_eff[sel], low)[0]
+        keep = obj >= thr[prior]
+        purity = float((gains[keep] > -1).mean()) if keep.any() else 1.0
+        return thr, keep, purity
+
+    lam = 0.0
+    thr, keep, purity = solve(0.0)
+    if min_purity is not None and purity < min_purity:
+        lo, hi = 0.0, 1.0
+        while solve(hi)[2] < min_purity and hi < 1e4:
+            hi *= 4.0
+        for _ in range(40):
+            mid = 0.5 * (lo + hi)
+            if solve(mid)[2] >= min_purity:
+                hi = mid
+            else:
+                lo = mid
+        lam = hi
+        thr, keep, purity = solve(lam)
+    summary = {}
     for k in range(nb_box):
         sel = prior == k
-        o, g = obj[sel], gains[sel]
-        if not len(o):
-            thr[k] = max(low, 0.5)
-            summary[k] = {"n": 0, "kept": 0, "gain": 0.0}
-            continue
-        order = np.argsort(-o, kind="stable")
-        o, g = o[order], g[order]
-        cum = np.cumsum(g)
-        best = int(np.argmax(cum))
-        if cum[best] <= 0:
-            thr[k], kept, gain = float(o[0]) + 1e-6, 0, 0.0
-        else:
-            thr[k], kept, gain = max(low, float(o[best])), best + 1, float(cum[best])
-        summary[k] = {"n": int(len(o)), "kept": kept, "gain": gain, "threshold": float(thr[k])}
-        total += gain
-    summary["expected_score"] = total
+        kk = sel & keep
+        summary[k] = {"n": int(sel.sum()), "kept": int(kk.sum()), "gain": float(gains[kk].sum()),
+                      "threshold": float(thr[k])}
+    summary["expected_score"] = float(gains[keep].sum())
+    summary["expected_purity"] = purity
+    summary["lambda"] = lam
     return thr, summary
 
 
 def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, progress: bool = False,
-                   rerun: bool = True) -> dict:
+                   rerun: bool = True, min_purity: float | None = None) -> dict:
     """Detect on a validation field at low thresholds, tune the per-prior thresholds, report the scores.
 
     Parameters
@@ -100,6 +132,8 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     model : SDC1Model or path
     valid_dir : str or os.PathLike
         Field directory with ``image.fits``, ``pb.fits``, ``truth.txt``.
+    min_purity : float, optional
+        Purity floor of the tuned thresholds (:func:`tune_thresholds`).
 
     Returns
     -------
@@ -118,7 +152,7 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     nb = model.config.nb_box
     cat = detect_image(image, pb=pb, model=model, thresholds=[low] * nb, progress=progress)
     gains, s_low = detection_gains(cat, truth)
-    thr, summary = tune_thresholds(cat["objectness"], cat["prior"], gains, nb, low=low)
+    thr, summary = tune_thresholds(cat["objectness"], cat["prior"], gains, nb, low=low, min_purity=min_purity)
     keys = ("value", "n_det", "n_match", "n_false", "n_truth", "purity", "completeness", "acc_pc")
     out = {"thresholds": [float(v) for v in thr], "summary": summary,
            "score_low": {k: getattr(s_low, k) for k in keys} if s_low is not None else None, "score": None}
