@@ -135,11 +135,21 @@ def test_cli_end_to_end_tiny_field_is_scored(field, tiny_model, tmp_path):
     assert str(t["flux"].unit) == "Jy" and str(t["ra_core"].unit) == "deg" and str(t["b_maj"].unit) == "arcsec"
 
 
+@pytest.fixture(scope="module")
+def realistic_field(tmp_path_factory):
+    return simulate_continuum_field(tmp_path_factory.mktemp("sdc1r"), size=320, seed=77, pb_null_radius=0.1,
+                                    faint_sources=True, dirty_psf=True)
+
+
 @needs_model
-def test_bundled_model_finds_sources_with_high_purity(field):
+def test_bundled_model_finds_sources_with_high_purity(realistic_field):
+    field = realistic_field
     cat = detect_image(field.image, pb=field.pb, progress=False)
     s = score_sdc1(cat, field.truth_path, area="all")
-    assert s.purity > 0.85 and s.completeness > 0.5
+    assert s.purity > 0.85
+    # the truth lists every source down to 0.27 uJy: most are far below the noise
+    bright = np.asarray(field.truth["flux_app"], float) > 5e-6
+    assert s.n_match > 0.8 * bright.sum()
     # PB correction: intrinsic fluxes are larger than the apparent ones where PB < 1
     assert np.all(np.asarray(cat["flux"].value) >= np.asarray(cat["flux_app"].value) * 0.999)
 

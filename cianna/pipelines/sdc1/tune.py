@@ -163,7 +163,7 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     return out
 
 
-def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(0.8, 0.9, 1.0), b_min=(0.5, 0.6, 0.8, 1.0),
+def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), b_min=(0.3, 0.4, 0.5, 0.7, 1.0),
                       keep_matches: float = 0.995) -> tuple[tuple[float, float], list]:
     """Choose the (b_maj, b_min) multipliers of the network's regressed sizes on a validation field.
 
