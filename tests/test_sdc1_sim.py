@@ -363,3 +363,21 @@ def test_dirty_field_noise_statistics(tmp_path):
     x = np.where(np.abs(d - med) < 3 * rms, d - med, 0.0)
     ac1 = np.mean(x[:, 1:] * x[:, :-1]) / np.mean(x * x)
     assert 0.55 < ac1 < 0.75                # real map 0.65; a restoring-beam noise would give 0.80
+
+
+def test_cli_simulate_realistic_sky_flags(tmp_path):
+    from cianna.cli import main
+
+    out = tmp_path / "r"
+    assert main(["-q", "sdc1", "simulate", "--out", str(out), "--size", "256", "--seed", "3", "--faint-sources",
+                 "--dirty-psf", "--pb-null-radius", "0"]) == 0
+    truth = read_sdc1_catalog(out / "truth.txt")
+    area = (256 * cs.PIXEL_SIZE_DEG) ** 2
+    n_expected = (cs.FAINT_DENSITY + 49_265.0) * area
+    assert abs(len(truth) - n_expected) < 0.1 * n_expected
+    assert np.asarray(truth["flux"]).min() >= cs.FAINT_FLUX_MIN
+    # short noise correlation of the dirty PSF: 0.57 at one pixel after this clipping (restoring beam: 0.71)
+    d = fits.getdata(out / "image.fits").astype(float)
+    x = d - np.median(d)
+    x = np.where(np.abs(x) < 3 * 0.36e-6, x, 0.0)
+    assert np.mean(x[:, 1:] * x[:, :-1]) / np.mean(x * x) < 0.64
