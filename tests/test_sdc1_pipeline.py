@@ -323,3 +323,5 @@ def test_tune_thresholds_exact_and_with_purity_floor():
     assert score2 <= best and score2 >= feasible - 2.0        # the hull optimum is near the exact one
     thr3, _ = tune_thresholds(obj, prior, gains, 2, low=0.05, min_purity=0.0)
     assert np.array_equal(thr3, thr)
+    with pytest.raises(ValueError, match=r"min_purity must be in \[0, 1\], got 1.5"):
+        tune_thresholds(obj, prior, gains, 2, min_purity=1.5)

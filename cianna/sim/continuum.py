@@ -963,7 +963,7 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     det = cov[:, 0] * cov[:, 2] - cov[:, 1] ** 2
     peak_app = np.where(cat["size"] == 2, cat["flux_app"] * beam_area / (2 * math.pi * np.sqrt(det)), np.nan)
     psf = {k: (v if k == "a" else v * PIXEL_SIZE_DEG / pixel_size) for k, v in DIRTY_PSF.items()}
-    dirty = (cat["size"] == 2) & (peak_app < CLEAN_LIMIT) if dirty_psf else None
+    dirty = (cat["size"] == 2) & (peak_app < CLEAN_LIMIT) & bool(dirty_psf)
     comp = _build_components(cat, pixel_size, beam_sigma_px, dirty=dirty, psf=psf)
     order = np.argsort(comp.gy, kind="stable")
     gy_sorted = comp.gy[order]
@@ -1038,7 +1038,7 @@ def simulate_continuum_field(out_dir: str | os.PathLike, size: int = 2048, seed:
     truth["pb"] = cat["pb"]
     truth["flux_app"] = cat["flux_app"] * u.Jy
     truth["peak_app"] = peak_app * u.Jy
-    truth["dirty"] = dirty if dirty is not None else np.zeros(n_src, bool)
+    truth["dirty"] = dirty
     write_sdc1_catalog(truth[list(truth.colnames[:12])], paths["truth.txt"], header=False)
     t_end = time.perf_counter()
     meta = dict(size=size, seed=int(seed), center=tuple(center), n_sources=n_src, noise_rms=noise_rms,

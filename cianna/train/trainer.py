@@ -125,6 +125,9 @@ class Trainer:
         self.seed = int(seed) if seed is not None else network.seed + 2
         self.generator = torch.Generator().manual_seed(self.seed)
         self.iteration = 0
+        #: Extra JSON-serialisable entries written into every checkpoint's state (e.g. a pipeline's target
+        #: encoding), so that a checkpoint can be decoded without its training configuration.
+        self.extra_state: dict = {}
         self.history: list[dict] = []
         self.optimizer = CiannaSGD(self._param_groups(), lr=learning_rate, momentum=momentum,
                                    weight_decay=weight_decay)
@@ -370,7 +373,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
         """JSON-serialisable training state (plus :attr:`extra_state`, e.g. how the targets were encoded)."""
-        return {**getattr(self, "extra_state", {}), "iteration": self.iteration, "learning_rate": self.learning_rate,
+        return {**self.extra_state, "iteration": self.iteration, "learning_rate": self.learning_rate,
                 "end_learning_rate": self.end_learning_rate, "lr_decay": self.lr_decay,
                 "momentum": self.momentum, "weight_decay": self.weight_decay, "batch_size": self.batch_size,
                 "shuffle_every": self.shuffle_every, "seed": self.seed, "precision": self.precision}

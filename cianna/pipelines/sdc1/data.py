@@ -38,6 +38,10 @@ MIN_PIX, MAX_PIX = 0.4e-6, 0.4e-4
 #: A model or training run may use other bounds (``param_limits``, stored in the model file): the spec's
 #: b_maj >= 0.9" clip makes the network regress 0.9" for faint sources whose true b_maj is ~0.3".
 PARAM_LIMITS = {"flux": (1.97e-6, 2.0e-3), "bmaj": (0.9, 60.0), "bmin": (0.3, 30.0)}
+#: b_maj (arcsec) at or below which the PA is not resolvable and regressed as 0 (``pa_res_lim``).
+PA_RES_LIM = 1.8
+#: Box size clip range in pixels.
+BOX_MIN, BOX_MAX = 5.0, 64.0
 
 
 def param_limits(overrides: dict | None = None) -> dict:
@@ -51,10 +55,6 @@ def param_limits(overrides: dict | None = None) -> dict:
             raise ValueError(f"param_limits[{k!r}] must be 0 < min < max, got {v}")
         out[k] = (lo, hi)
     return out
-#: b_maj (arcsec) at or below which the PA is not resolvable and regressed as 0 (``pa_res_lim``).
-PA_RES_LIM = 1.8
-#: Box size clip range in pixels.
-BOX_MIN, BOX_MAX = 5.0, 64.0
 
 
 def normalize(x: np.ndarray, min_pix: float = MIN_PIX, max_pix: float = MAX_PIX) -> np.ndarray:
@@ -135,7 +135,7 @@ def encode_params(flux_app, bmaj, bmin, pa, limits: dict | None = None) -> np.nd
         ``[ln-norm flux, ln-norm bmaj, ln-norm bmin, cos PA', (sin PA' + 1)/2]``.
     """
     bmaj = np.asarray(bmaj, float)
-    pa = np.deg2rad(np.where(np.clip(bmaj, *PARAM_LIMITS["bmaj"]) <= PA_RES_LIM, 0.0, fold_pa(pa)))
+    pa = np.deg2rad(np.where(np.clip(bmaj, *(limits or PARAM_LIMITS)["bmaj"]) <= PA_RES_LIM, 0.0, fold_pa(pa)))
     return np.stack([_lnorm(flux_app, "flux", limits), _lnorm(bmaj, "bmaj", limits), _lnorm(bmin, "bmin", limits),
                      np.cos(pa), (np.sin(pa) + 1.0) / 2.0], axis=-1).astype(np.float32)
 

@@ -51,6 +51,11 @@ def detection_gains(table, truth, *, area: str = "all") -> tuple[np.ndarray, obj
     return gains, s
 
 
+def _check_min_purity(min_purity):
+    if min_purity is not None and not 0.0 <= min_purity <= 1.0:
+        raise ValueError(f"min_purity must be in [0, 1], got {min_purity}")
+
+
 def _best_cut(o, g, low):
     """Threshold maximising the cumulative gain of detections sorted by decreasing objectness."""
     order = np.argsort(-o, kind="stable")
@@ -84,6 +89,7 @@ def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05,
     summary : dict
         Per prior: detections, kept, gain kept; the total expected score and purity, and ``lambda``.
     """
+    _check_min_purity(min_purity)
     obj, prior, gains = np.asarray(objectness, float), np.asarray(prior, int), np.asarray(gains, float)
 
     def solve(lam):
@@ -144,6 +150,7 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     from cianna.pipelines.sdc1.detect import SDC1Model, detect_image, load_model
     from cianna.scoring.sdc1 import score_sdc1
 
+    _check_min_purity(min_purity)           # before the detection run, not after it
     if not isinstance(model, SDC1Model):
         model = load_model(model)
     image = os.path.join(valid_dir, "image.fits")
