@@ -3,6 +3,7 @@
 Small fields only; no training. The detection-quality tests use the bundled pretrained model and are skipped
 when it is absent; plumbing tests use a freshly initialised tiny network.
 """
+import math
 import os
 
 import numpy as np
@@ -249,6 +250,49 @@ def test_choose_size_scale_scores_candidates_and_restores_model(field):
     ok = [r for r in rows if r["n_match"] >= 0.995 * rows[1]["n_match"]]
     top = max(ok, key=lambda r: r["value"])
     assert best == (top["b_maj"], top["b_min"])
+
+
+def test_refine_options_stored_with_the_model_and_merged(tmp_path):
+    from cianna.pipelines.sdc1.detect import check_refine_options, load_model, merge_refine_options
+
+    net = build_network(64, seed=1)
+    opts = {"min_snr": {"position_beam": 0.0}, "unmeasured_scale": (0.3, 0.7)}
+    m = load_model(save_model(tmp_path / "r.safetensors", net, [0.5] * 6, refine_options=opts))
+    assert m.refine_options == {"min_snr": {"position_beam": 0.0}, "unmeasured_scale": [0.3, 0.7]}
+    assert load_model(save_model(tmp_path / "n.safetensors", net, [0.5] * 6)).refine_options == {}
+    merged = merge_refine_options(m.refine_options, {"min_snr": {"position": 3.0}, "shape_scale": 0.2})
+    assert merged == {"min_snr": {"position_beam": 0.0, "position": 3.0}, "unmeasured_scale": [0.3, 0.7],
+                      "shape_scale": 0.2}
+    with pytest.raises(ValueError, match="unknown key"):
+        check_refine_options({"progress": True})
+    with pytest.raises(ValueError, match="min_snr must map"):
+        check_refine_options({"min_snr": {"position": "high"}})
+
+
+@needs_model
+def test_choose_refine_options_searches_catalogue_stage_only(field, monkeypatch):
+    from cianna.pipelines.sdc1 import detect as detect_mod
+    from cianna.pipelines.sdc1.detect import detect_image, load_model
+    from cianna.pipelines.sdc1.tune import choose_refine_options
+    from cianna.scoring.sdc1 import score_sdc1
+
+    model = load_model()
+    saved = dict(model.refine_options)
+    calls = []
+    monkeypatch.setattr(detect_mod, "detect_image", lambda *a, **k: calls.append(k) or detect_image(*a, **k))
+    d = os.path.dirname(field.image)
+    best, rows = choose_refine_options(model, d, position_beam=(math.inf, 0.0), unmeasured_b_maj=(1.0, 0.3),
+                                       unmeasured_b_min=(1.0,))
+    assert len(calls) == 1 and calls[0]["refine"] == "none"        # one network pass for 4 candidates
+    assert model.refine_options == saved and len(rows) == 4
+    top = max(rows, key=lambda r: r["value"])
+    assert best["unmeasured_scale"] == [top["b_maj"], top["b_min"]]
+    assert ("position_beam" in best.get("min_snr", {})) == math.isfinite(top["position_beam"])
+    # the chosen options reproduce the best row's score through detect_image's normal path
+    model.refine_options = best
+    s = score_sdc1(detect_image(field.image, pb=field.pb, model=model, progress=False), field.truth_path,
+                   area="all")
+    assert s.value == pytest.approx(top["value"], abs=1e-6)
 
 
 @needs_model

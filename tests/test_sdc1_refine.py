@@ -207,3 +207,31 @@ def test_detect_image_refine_option(grid_field):
     bright = ref["refined"] > 0
     assert bright.any()
     np.testing.assert_allclose(ref["flux"][bright].to_value(u.Jy), 1e-4, rtol=0.05)
+
+
+def test_matched_filter_positions_and_unmeasured_size_scale(grid_field):
+    path, wcs, cat = grid_field
+    # 'network' centres 1.2 px off the true ones; free fits disabled for position, size and flux so that only
+    # the fixed-shape (matched-filter) fit can move them
+    x0, y0 = cat["x"][:4], cat["y"][:4]
+    net = _catalog(wcs, x0 + 1.2, y0 - 1.2, [1e-4] * 4, [2.0] * 4, [1.0] * 4, [0.0] * 4)
+    off = {"position": math.inf, "flux": math.inf, "size": math.inf, "pa": math.inf}
+    plain = refine_catalog(net, path, min_snr=off)
+    assert (plain["refined"] & 64 == 0).all()
+    np.testing.assert_array_equal(plain["x"].value, net["x"].value)
+    moved = refine_catalog(net, path, min_snr={**off, "position_beam": 0.0})
+    assert (moved["refined"] & 64 == 64).all()
+    err = np.hypot(moved["x"].value - x0, moved["y"].value - y0)
+    assert (err < 0.3).all()                                      # back near the true centres (1.7 px before)
+    ra, dec = wcs.pixel_to_world_values(moved["x"].value, moved["y"].value)
+    np.testing.assert_allclose(moved["dec_core"].to_value(u.deg), dec, atol=1e-9)
+    # no fitted size: the network's sizes are multiplied by unmeasured_scale (b_min kept <= b_maj)
+    sc = refine_catalog(net, path, min_snr=off, unmeasured_scale=(0.3, 0.5))
+    np.testing.assert_allclose(sc["b_maj"].to_value(u.arcsec), 0.6)
+    np.testing.assert_allclose(sc["b_min"].to_value(u.arcsec), 0.5)
+    fitted = refine_catalog(net, path, unmeasured_scale=(0.3, 0.5))     # bright: the fitted sizes, unscaled
+    assert (fitted["refined"] & 4 == 4).all()
+    np.testing.assert_allclose(fitted["b_maj"].to_value(u.arcsec), 3.0, rtol=0.1)
+    for bad in ((0.0, 1.0), (1.0,), "big", (1.0, math.nan)):
+        with pytest.raises(ValueError, match="unmeasured_scale"):
+            refine_catalog(net, path, unmeasured_scale=bad)

@@ -64,23 +64,29 @@ def _cmd_detect(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     import json
 
+    import numpy as np
+
     from cianna.pipelines.sdc1.detect import load_model, save_model
-    from cianna.pipelines.sdc1.tune import evaluate_model
+    from cianna.pipelines.sdc1.tune import choose_refine_options, choose_size_scale, evaluate_model
 
     model = load_model(args.model)
     res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet, min_purity=args.min_purity)
     meta = dict(model.meta)
-    meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
+    model.thresholds = np.asarray(res["thresholds"], float)
     if args.size_scale:
-        import numpy as np
-
-        from cianna.pipelines.sdc1.tune import choose_size_scale
-
-        model.thresholds = np.asarray(res["thresholds"], float)
         model.size_scale, meta["size_scale_search"] = choose_size_scale(model, args.valid)
         res["size_scale"] = list(model.size_scale)
+    if args.refine_search:
+        # the catalogue stage changes which detections match: thresholds are tuned again with the chosen options
+        model.refine_options, meta["refine_search"] = choose_refine_options(model, args.valid)
+        res["refine_options"] = model.refine_options
+        res["before_refine_search"] = {k: res[k] for k in ("thresholds", "score")}
+        again = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet,
+                               min_purity=args.min_purity)
+        res.update({k: again[k] for k in ("thresholds", "summary", "score_low", "score")})
+    meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
     save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale,
-               param_limits=model.param_limits)
+               param_limits=model.param_limits, refine_options=model.refine_options)
     print(json.dumps(res, indent=1, default=float))
     return 0
 
@@ -181,6 +187,9 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
                    help="maximise the validation score subject to this purity (default: no floor)")
     p.add_argument("--size-scale", action="store_true",
                    help="also choose the (b_maj, b_min) multipliers of the regressed sizes on the field")
+    p.add_argument("--refine-search", action="store_true",
+                   help="also choose the refinement options (matched-filter positions, sizes of unresolved "
+                        "sources) on the field, then tune the thresholds again with them")
     p.add_argument("--low", type=float, default=0.05, help="lowest threshold tried (default 0.05)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_tune)

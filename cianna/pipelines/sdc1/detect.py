@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_MODEL", "SDC1Model", "load_model", "save_model", "detect_image", "write_catalog",
-           "write_ds9", "plot_detections", "DEFAULT_THRESHOLDS"]
+           "write_ds9", "plot_detections", "DEFAULT_THRESHOLDS", "check_refine_options", "merge_refine_options"]
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ class SDC1Model:
     path : str or None
     """
 
-    def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0), param_limits=None):
+    def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0), param_limits=None,
+                 refine_options=None):
         self.network = network
         self.config = network.layers[-1].activation.yolo_config
         nb = self.config.nb_box
@@ -72,6 +73,9 @@ class SDC1Model:
         from cianna.pipelines.sdc1.data import param_limits as _limits
 
         self.param_limits = _limits(param_limits)
+        #: Keyword arguments of :func:`~cianna.pipelines.sdc1.refine.refine_catalog` chosen on the validation
+        #: field (``min_snr`` overrides, ``unmeasured_scale``); the defaults of :func:`detect_image`'s refinement.
+        self.refine_options = check_refine_options(refine_options)
         self._by_size = {}
 
     def for_size(self, size: int):
@@ -83,16 +87,56 @@ class SDC1Model:
         return self._by_size[size]
 
 
+#: Refinement options a model file may carry (the JSON-storable ones of ``refine_catalog``).
+REFINE_OPTION_KEYS = ("min_snr", "unmeasured_scale", "shape_scale", "stamp_scale", "max_half")
+
+
+def check_refine_options(options) -> dict:
+    """Validated copy of a model's refinement options (keys :data:`REFINE_OPTION_KEYS`).
+
+    Raises
+    ------
+    ValueError
+        Not a mapping, an unknown key, or ``min_snr`` not a mapping of numbers.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ValueError(f"refine_options must be a dict, got {type(options).__name__}")
+    bad = sorted(set(options) - set(REFINE_OPTION_KEYS))
+    if bad:
+        raise ValueError(f"refine_options: unknown key(s) {bad} (allowed: {list(REFINE_OPTION_KEYS)})")
+    out = dict(options)
+    if "min_snr" in out:
+        try:
+            out["min_snr"] = {str(k): float(v) for k, v in dict(out["min_snr"]).items()}
+        except (TypeError, ValueError):
+            raise ValueError(f"refine_options: min_snr must map group names to numbers, "
+                             f"got {options['min_snr']!r}") from None
+    if "unmeasured_scale" in out:
+        out["unmeasured_scale"] = [float(v) for v in out["unmeasured_scale"]]
+    return out
+
+
+def merge_refine_options(base: dict, override: dict | None) -> dict:
+    """``override`` on top of ``base`` (the model's options); ``min_snr`` is merged key by key."""
+    out = dict(base)
+    for k, v in (override or {}).items():
+        out[k] = {**out.get("min_snr", {}), **v} if k == "min_snr" else v
+    return out
+
+
 def save_model(path, network, thresholds, meta: dict | None = None, size_scale=(1.0, 1.0),
-               param_limits: dict | None = None) -> Path:
-    """Save a network, its per-prior thresholds, size correction and parameter clip bounds as one safetensors
-    file (``cianna.load`` reads the network too)."""
+               param_limits: dict | None = None, refine_options: dict | None = None) -> Path:
+    """Save a network, its per-prior thresholds, size correction, parameter clip bounds and refinement options
+    as one safetensors file (``cianna.load`` reads the network too)."""
     from cianna.pipelines.sdc1.data import param_limits as _limits
     from cianna.train.checkpoint import save_checkpoint
 
     state = {"sdc1": {"thresholds": [float(t) for t in thresholds], "meta": meta or {},
                       "size_scale": [float(v) for v in size_scale],
-                      "param_limits": {k: list(v) for k, v in _limits(param_limits).items()}}}
+                      "param_limits": {k: list(v) for k, v in _limits(param_limits).items()},
+                      "refine_options": check_refine_options(refine_options)}}
     return save_checkpoint(path, network, state=state)
 
 
@@ -118,7 +162,7 @@ def load_model(path: str | os.PathLike | None = None) -> SDC1Model:
         raise CheckpointError(f"{path}: not a YOLO network (last layer activation is not YOLO)")
     sd = (state or {}).get("sdc1", {}) if isinstance(state, dict) else {}
     return SDC1Model(net.eval(), sd.get("thresholds"), sd.get("meta"), str(path),
-                     sd.get("size_scale", (1.0, 1.0)), sd.get("param_limits"))
+                     sd.get("size_scale", (1.0, 1.0)), sd.get("param_limits"), sd.get("refine_options"))
 
 
 def _normalize_torch(x):
@@ -234,7 +278,8 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
         (:func:`cianna.pipelines.sdc1.refine.refine_catalog`; adds ``fit_ok, fit_snr, refined`` and the network's
         ``net_flux, net_b_maj, net_b_min, net_pa``). ``"none"``: the network's values only.
     refine_options : dict, optional
-        Keyword arguments for :func:`~cianna.pipelines.sdc1.refine.refine_catalog` (e.g. ``min_snr``).
+        Keyword arguments for :func:`~cianna.pipelines.sdc1.refine.refine_catalog` (e.g. ``min_snr``), on top of
+        the model's own :attr:`SDC1Model.refine_options` (``min_snr`` merged key by key).
 
     Returns
     -------
@@ -325,7 +370,8 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
     if refine == "gauss" and n:
         from cianna.pipelines.sdc1.refine import refine_catalog
 
-        t = refine_catalog(t, image, progress=progress, **(refine_options or {}))
+        t = refine_catalog(t, image, progress=progress,
+                           **merge_refine_options(model.refine_options, refine_options))
     log.info("%s: %d sources", image, n)
     return t
 

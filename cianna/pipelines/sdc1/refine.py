@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _MAX_BATCH_PIX = 1_000_000           # stamp pixels fitted at once (peak memory ~0.2 GB)
 #: Peak S/N above which the fitted values replace the network's, per group (chosen on the validation field).
-DEFAULT_MIN_SNR = {"position": 7.0, "flux": 25.0, "flux_beam": 0.0, "size": 15.0, "b_min": 40.0, "pa": 10.0}
+DEFAULT_MIN_SNR = {"position": 7.0, "position_beam": math.inf, "flux": 25.0, "flux_beam": 0.0, "size": 15.0,
+                   "b_min": 40.0, "pa": 10.0}
 
 
 def _cov_from_axes(sig_maj, sig_min, pa_deg):
@@ -347,7 +348,7 @@ def _val(col):
 
 
 def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: float = 0.5,
-                   stamp_scale: float = 1.5, max_half: int = 30,
+                   unmeasured_scale=(1.0, 1.0), stamp_scale: float = 1.5, max_half: int = 30,
                    mask_neighbours: bool = True, beam=None, n_iter: int = 30, progress: bool = False):
     """Refine the parameters of an SDC1 detection catalogue with per-source Gaussian fits.
 
@@ -359,13 +360,18 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
     image : str or os.PathLike
         The FITS image the catalogue was made from (memory-mapped; only stamps are read).
     min_snr : dict, optional
-        Peak S/N thresholds per group ``position``, ``flux`` (free fit), ``flux_beam`` (S/N of the fixed-shape
-        fit, used where the free fit's flux is not), ``size`` (b_maj; b_min becomes the fitted b_maj times the
-        network's axis ratio), ``b_min`` (the fitted b_min itself, needs ``size`` too), ``pa`` above which the
-        fit replaces the network's value (default :data:`DEFAULT_MIN_SNR`; missing keys take the default,
-        ``math.inf`` disables a group).
+        Peak S/N thresholds per group ``position``, ``position_beam`` (S/N of the fixed-shape fit, whose centre
+        replaces the network's where the free fit's does not: a matched-filter position), ``flux`` (free fit),
+        ``flux_beam`` (S/N of the fixed-shape fit, used where the free fit's flux is not), ``size`` (b_maj; b_min
+        becomes the fitted b_maj times the network's axis ratio), ``b_min`` (the fitted b_min itself, needs
+        ``size`` too), ``pa`` above which the fit replaces the network's value (default
+        :data:`DEFAULT_MIN_SNR`; missing keys take the default, ``math.inf`` disables a group).
     shape_scale : float
         Fixed shape of the faint-source flux fit: beam ⊕ (``shape_scale`` × the network's b_maj, b_min at its PA).
+    unmeasured_scale : (float, float)
+        Multipliers of the network's b_maj and b_min where the fit does not replace them (sources below the
+        ``size`` threshold: mostly unresolved, whose network sizes are biased high by the training targets'
+        lower clip). Chosen on a validation field by :func:`cianna.pipelines.sdc1.tune.choose_refine_options`.
     stamp_scale, max_half, mask_neighbours, n_iter
         See :func:`fit_gaussians`.
     beam : tuple of float, optional
@@ -379,7 +385,7 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
         A copy with the accepted fitted values in ``ra_core, dec_core, ra_cent, dec_cent, x, y, flux, flux_app,
         b_maj, b_min, pa``, plus ``fit_ok`` (bool, sane fit), ``fit_snr`` (peak S/N), ``refined`` (int bit mask:
         1 position, 2 flux (free fit), 4 b_maj (b_min = refined b_maj × network axis ratio), 8 fitted b_min, 16 PA,
-        32 flux from the fixed-shape fit) and the network's values in ``net_flux, net_b_maj, net_b_min,
+        32 flux from the fixed-shape fit, 64 position from the fixed-shape fit) and the network's values in ``net_flux, net_b_maj, net_b_min,
         net_pa`` (same units). ``meta['REFINE']`` = ``"gauss"``.
 
     Raises
@@ -404,6 +410,13 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
         if bad:
             raise ValueError(f"refine_catalog: unknown min_snr key(s) {sorted(bad)} (use {sorted(thr)})")
         thr.update({k: float(v) for k, v in min_snr.items()})
+    try:
+        s_maj, s_min = (float(v) for v in unmeasured_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"refine_catalog: unmeasured_scale must be two numbers (b_maj, b_min), "
+                         f"got {unmeasured_scale!r}") from None
+    if not (s_maj > 0 and s_min > 0 and np.isfinite(s_maj) and np.isfinite(s_min)):
+        raise ValueError(f"refine_catalog: unmeasured_scale must be positive and finite, got {unmeasured_scale!r}")
     t0 = time.perf_counter()
     data, header, wcs, hbeam = read_image(image, memmap=True)
     if beam is None:
@@ -442,6 +455,7 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
     # faint sources: amplitude and centre only, with a fixed compact shape (a matched filter: far less noisy)
     low = np.nonzero(~(sane & (snr >= thr["flux"])))[0]
     fapp_b, snr_b, sane_b = np.full(n, np.nan), np.zeros(n), np.zeros(n, bool)
+    xb, yb = x.copy(), y.copy()
     if len(low) and np.isfinite(thr["flux_beam"]):
         kc = _cov_from_axes(shape_scale * bmaj_n[low] * s, shape_scale * np.minimum(bmin_n, bmaj_n)[low] * s,
                             pa_n[low])
@@ -453,8 +467,10 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
             fapp_b[low] = fb["amp"] * np.sqrt((fcov[0] * fcov[2] - fcov[1] ** 2) / beam_det)
             snr_b[low] = np.nan_to_num(fb["amp"] / fb["rms"])
             sane_b[low] = _sane(fb, fapp_b[low], x[low], y[low], half_box[low], fapp_n[low], tree)
+        xb[low], yb[low] = fb["x"], fb["y"]
     bmaj_f, bmin_f, pa_f, _ = deconvolve(fit["sxx"], fit["sxy"], fit["syy"], bcov, pix)
     use_pos = sane & (snr >= thr["position"])
+    use_pos_b = ~use_pos & sane_b & (snr_b >= thr["position_beam"])
     use_flux = sane & (snr >= thr["flux"])
     use_fbeam = ~use_flux & sane_b & (snr_b >= thr["flux_beam"])
     use_size = sane & (snr >= thr["size"]) & (bmaj_f > 0)
@@ -464,31 +480,33 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
     out["net_b_maj"] = bmaj_n * u.arcsec
     out["net_b_min"] = bmin_n * u.arcsec
     out["net_pa"] = pa_n * u.deg
-    xn, yn = np.where(use_pos, fit["x"], x), np.where(use_pos, fit["y"], y)
-    if use_pos.any():
-        ra, dec = wcs.pixel_to_world_values(xn[use_pos], yn[use_pos])
+    xn = np.where(use_pos, fit["x"], np.where(use_pos_b, xb, x))
+    yn = np.where(use_pos, fit["y"], np.where(use_pos_b, yb, y))
+    moved = use_pos | use_pos_b
+    if moved.any():
+        ra, dec = wcs.pixel_to_world_values(xn[moved], yn[moved])
         ra = np.asarray(ra, float)
         ra = np.where(ra > 180.0, ra - 360.0, ra)
         for col, v in (("ra_core", ra), ("ra_cent", ra), ("dec_core", dec), ("dec_cent", dec)):
             vals = _val(out[col]).copy()
-            vals[use_pos] = v
+            vals[moved] = v
             out[col] = vals * u.deg
     out["x"] = xn * u.pix
     out["y"] = yn * u.pix
     fapp = np.where(use_flux, fapp_fit, np.where(use_fbeam, fapp_b, fapp_n))
     out["flux_app"] = fapp * u.Jy
     out["flux"] = np.where(use_flux | use_fbeam, fapp / np.where(pbv > 0, pbv, 1.0), flux_n) * u.Jy
-    bj = np.where(use_size, bmaj_f, bmaj_n)
+    bj = np.where(use_size, bmaj_f, bmaj_n * s_maj)
     # b_min: fitted where well measured, else the refined b_maj times the network's axis ratio
     q_n = np.clip(bmin_n / np.maximum(bmaj_n, 1e-6), 0.0, 1.0)
-    bn = np.where(use_bmin, bmin_f, np.where(use_size, bj * q_n, bmin_n))
+    bn = np.where(use_bmin, bmin_f, np.where(use_size, bj * q_n, bmin_n * s_min))
     out["b_maj"] = bj * u.arcsec
     out["b_min"] = np.minimum(bn, bj) * u.arcsec
     out["pa"] = np.where(use_pa, pa_f, pa_n) * u.deg
     out["fit_ok"] = sane
     out["fit_snr"] = np.where(np.isfinite(snr), snr, 0.0)
     out["refined"] = (use_pos * 1 + use_flux * 2 + use_size * 4 + use_bmin * 8 + use_pa * 16
-                      + use_fbeam * 32).astype(np.int64)
+                      + use_fbeam * 32 + use_pos_b * 64).astype(np.int64)
     out.meta["REFINE"] = "gauss"
     dt_s = time.perf_counter() - t0
     log.info("Gaussian refinement of %d sources in %.1f s (%.2f s / 1000): %d sane fits, %d + %d (fixed-shape) "

@@ -15,11 +15,13 @@ This replaces the spec's 60-bin heuristic by the exact maximiser of the validati
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import numpy as np
 
-__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "choose_size_scale", "export_model"]
+__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "choose_size_scale", "choose_refine_options",
+           "export_model"]
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,63 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
     return (best["b_maj"], best["b_min"]), rows
 
 
+def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=(math.inf, 0.0),
+                          unmeasured_b_maj=(1.0, 0.6, 0.45, 0.3, 0.2), unmeasured_b_min=(1.0, 0.7)
+                          ) -> tuple[dict, list]:
+    """Choose the catalogue-stage refinement options of a model on a validation field.
+
+    The network runs once (``refine="none"``, the model's thresholds and ``size_scale``); each candidate is then
+    only a :func:`~cianna.pipelines.sdc1.refine.refine_catalog` call and a score, so the search costs a few
+    seconds per candidate. Candidates: ``min_snr["position_beam"]`` (S/N above which the fixed-shape fit's
+    centre replaces the network's where the free fit does not; ``inf`` = off) crossed with
+    ``unmeasured_scale`` (multipliers of the network's b_maj, b_min where no fitted size replaces them). The
+    best validation score wins. Unlike :func:`choose_size_scale` no floor on the number of matches is imposed:
+    smaller submitted sizes shrink the scorer's match radius, and the score decides whether the better size
+    terms are worth the matches lost (the sizes come nearer to the true, mostly sub-beam, sizes).
+
+    Parameters
+    ----------
+    model : SDC1Model
+        Model with tuned thresholds; its ``refine_options`` are the base the candidates are merged into and are
+        not modified.
+    valid_dir : str or os.PathLike
+        Validation field directory (``image.fits``, ``pb.fits``, ``truth.txt``).
+    position_beam, unmeasured_b_maj, unmeasured_b_min : sequence of float
+        Candidate values.
+
+    Returns
+    -------
+    best : dict
+        The model's refinement options with the best candidate merged in.
+    table : list of dict
+        One row per candidate: ``position_beam, b_maj, b_min, value, n_match, purity``.
+    """
+    from cianna.pipelines.sdc1.detect import detect_image, merge_refine_options
+    from cianna.pipelines.sdc1.refine import refine_catalog
+    from cianna.scoring.sdc1 import score_sdc1
+
+    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    raw = detect_image(image, pb=pb, model=model, progress=False, refine="none")
+    rows, best, best_value = [], None, -math.inf
+    for pbeam in position_beam:
+        for a in unmeasured_b_maj:
+            for b in unmeasured_b_min:
+                cand = merge_refine_options(model.refine_options, {"min_snr": {"position_beam": float(pbeam)},
+                                                                   "unmeasured_scale": [float(a), float(b)]})
+                sc = score_sdc1(refine_catalog(raw, image, **cand), truth, area="all")
+                rows.append({"position_beam": float(pbeam), "b_maj": float(a), "b_min": float(b),
+                             "value": float(sc.value), "n_match": int(sc.n_match), "purity": float(sc.purity)})
+                log.info("refine position_beam %g, unmeasured_scale (%.2f, %.2f): score %.1f, %d matches",
+                         pbeam, a, b, sc.value, sc.n_match)
+                if sc.value > best_value:
+                    best, best_value = cand, sc.value
+    if best is not None and not math.isfinite(best["min_snr"]["position_beam"]):
+        best["min_snr"].pop("position_beam")  # off is the default; keep the stored options JSON-clean
+        if not best["min_snr"]:
+            best.pop("min_snr")
+    return best, rows
+
+
 def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,
                  meta: dict | None = None, low: float = 0.05) -> dict:
     """Tune a checkpoint's thresholds on the validation field and save it as a deployable model file.
@@ -234,5 +293,5 @@ def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, ou
     record["checkpoint"] = os.fspath(checkpoint)
     record["tuning"] = {"valid_field": os.fspath(valid_dir), **res}
     save_model(out, model.network, res["thresholds"], record, size_scale=model.size_scale,
-               param_limits=model.param_limits)
+               param_limits=model.param_limits, refine_options=model.refine_options)
     return res
