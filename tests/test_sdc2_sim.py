@@ -142,6 +142,11 @@ def test_rfi_channels_and_bad_band(tmp_path):
     assert np.count_nonzero(excess > 1.05) >= 20 and excess.max() <= 2.0 + 1e-9
     with pytest.raises(ValueError, match="950-1150 MHz"):
         simulate_hi_cube(tmp_path, shape=(32, 32, 100), freq_start=1.149e9)
+    # the real cube's first channel is centred on 950.000 MHz: accepted; half a channel lower is not
+    low = simulate_hi_cube(tmp_path / "low", shape=(16, 16, 24), seed=3, n_sources=0, freq_start=950e6)
+    assert low.freqs[0] == 950e6
+    with pytest.raises(ValueError, match="950-1150 MHz"):
+        simulate_hi_cube(tmp_path / "lower", shape=(16, 16, 24), n_sources=0, freq_start=950e6 - 16e3)
 
 
 def test_cli_simulate(tmp_path):

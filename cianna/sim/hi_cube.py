@@ -542,7 +542,8 @@ def simulate_hi_cube(out_dir: str | os.PathLike, shape: tuple[int, int, int] = (
     seed : int, optional
         Seed; the same seed and arguments give the same files.
     freq_start : float, optional
-        Frequency of channel 0 [Hz]; the band [freq_start, freq_start + Z * 30 kHz] must lie in 950-1150 MHz.
+        Frequency of channel 0 [Hz]; every channel centre must lie in 950-1150 MHz up to half a channel (the
+        real 6668-channel cube starts at 950 MHz and ends at 1150.01 MHz, so its outer channel edges do not).
     n_sources : int, optional
         Number of galaxies (default: the dev-truth density, about 65 for the default shape at 1.05 GHz).
     flux_boost : float, optional
@@ -573,7 +574,8 @@ def simulate_hi_cube(out_dir: str | os.PathLike, shape: tuple[int, int, int] = (
     if slab_channels < 1:
         raise ValueError(f"simulate_hi_cube: slab_channels must be >= 1, got {slab_channels}")
     freqs = freq_start + np.arange(nz) * CHANNEL_HZ
-    if freqs[0] - CHANNEL_HZ / 2 < BAND_HZ[0] - 1.0 or freqs[-1] + CHANNEL_HZ / 2 > BAND_HZ[1] + 1.0:
+    tol = CHANNEL_HZ / 2 + 1.0
+    if freqs[0] < BAND_HZ[0] - tol or freqs[-1] > BAND_HZ[1] + tol:
         raise ValueError(f"simulate_hi_cube: band {freqs[0] / 1e6:.3f}-{freqs[-1] / 1e6:.3f} MHz (freq_start="
                          f"{freq_start}, Z={nz}) leaves the SDC2 band 950-1150 MHz")
     if 2 * edge_channels >= nz - 1 or 2 * edge_px >= min(nx, ny) - 1:
