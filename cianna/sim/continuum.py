@@ -78,7 +78,7 @@ from astropy.wcs import WCS
 __all__ = [
     "PIXEL_SIZE_DEG", "BEAM_FWHM_DEG", "FREQ_HZ", "ComponentModel", "PopulationModel", "ContinuumField",
     "default_population", "calibrate_population", "sample_population", "simulate_continuum_field",
-    "make_wcs", "make_header", "primary_beam", "render_sources", "dirty_psf_image",
+    "make_wcs", "make_header", "primary_beam", "render_sources", "dirty_psf_image", "axes_covariance",
 ]
 
 log = logging.getLogger(__name__)
@@ -528,14 +528,30 @@ class _Components:
     ehalf: np.ndarray
 
 
-def _cov(fwhm_maj_px, fwhm_min_px, theta_rad, beam_sigma_px):
-    sa = np.asarray(fwhm_maj_px) * FWHM_TO_SIGMA
-    sb = np.asarray(fwhm_min_px) * FWHM_TO_SIGMA
+def axes_covariance(sig_maj, sig_min, theta_rad):
+    """Pixel-frame covariance of a 2-D Gaussian from its axes and SDC1 position angle.
+
+    Parameters
+    ----------
+    sig_maj, sig_min : array_like
+        Standard deviations along the major and minor axes (pixels).
+    theta_rad : array_like
+        SDC1 PA in radians: the major axis runs along the pixel direction ``(cos θ, −sin θ)``.
+
+    Returns
+    -------
+    sxx, sxy, syy : numpy.ndarray
+        Covariance terms (pixels²), broadcast shape of the inputs.
+    """
     c, s = np.cos(theta_rad), -np.sin(theta_rad)       # major-axis unit vector (cos t, -sin t)
-    sxx = sa**2 * c * c + sb**2 * s * s + beam_sigma_px**2
-    syy = sa**2 * s * s + sb**2 * c * c + beam_sigma_px**2
-    sxy = (sa**2 - sb**2) * c * s
-    return np.stack([sxx, sxy, syy], axis=-1)
+    a2, b2 = np.asarray(sig_maj, float) ** 2, np.asarray(sig_min, float) ** 2
+    return a2 * c * c + b2 * s * s, (a2 - b2) * c * s, a2 * s * s + b2 * c * c
+
+
+def _cov(fwhm_maj_px, fwhm_min_px, theta_rad, beam_sigma_px):
+    sxx, sxy, syy = axes_covariance(np.asarray(fwhm_maj_px) * FWHM_TO_SIGMA, np.asarray(fwhm_min_px) * FWHM_TO_SIGMA,
+                                    theta_rad)
+    return np.stack([sxx + beam_sigma_px**2, sxy, syy + beam_sigma_px**2], axis=-1)
 
 
 def _build_components(cat: dict, pix_deg: float, beam_sigma_px: float, dirty: np.ndarray | None = None,

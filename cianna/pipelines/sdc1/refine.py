@@ -59,11 +59,10 @@ DEFAULT_MIN_SNR = {"position": 7.0, "position_beam": math.inf, "flux": 25.0, "fl
 
 
 def _cov_from_axes(sig_maj, sig_min, pa_deg):
-    """Pixel-frame covariance ``(sxx, sxy, syy)`` of axes ``sig_*`` (px) at SDC1 PA (major along (cos, −sin))."""
-    t = np.deg2rad(np.asarray(pa_deg, float))
-    ux, uy = np.cos(t), -np.sin(t)
-    a2, b2 = np.asarray(sig_maj, float) ** 2, np.asarray(sig_min, float) ** 2
-    return a2 * ux * ux + b2 * uy * uy, (a2 - b2) * ux * uy, a2 * uy * uy + b2 * ux * ux
+    """Pixel-frame covariance ``(sxx, sxy, syy)`` of axes ``sig_*`` (px) at SDC1 PA in degrees."""
+    from cianna.sim.continuum import axes_covariance
+
+    return axes_covariance(sig_maj, sig_min, np.deg2rad(np.asarray(pa_deg, float)))
 
 
 def beam_covariance(beam, pixel_arcsec: float) -> tuple[float, float, float]:
