@@ -281,18 +281,24 @@ def test_choose_refine_options_searches_catalogue_stage_only(field, monkeypatch)
     calls = []
     monkeypatch.setattr(detect_mod, "detect_image", lambda *a, **k: calls.append(k) or detect_image(*a, **k))
     d = os.path.dirname(field.image)
-    best, rows = choose_refine_options(model, d, position_beam=(math.inf, 0.0), unmeasured_b_maj=(1.0, 0.3),
-                                       unmeasured_b_min=(1.0,))
+    base = model.thresholds.copy()
+    grid = dict(position_beam=(math.inf, 0.0), unmeasured_b_maj=(1.0, 0.3), unmeasured_b_min=(1.0,))
+    _, _, free = choose_refine_options(model, d, **grid)
     assert len(calls) == 1 and calls[0]["refine"] == "none"        # one network pass for 4 candidates
-    assert model.refine_options == saved and len(rows) == 4
-    top = max(rows, key=lambda r: r["value"])
+    assert all(r["value_tight"] >= r["value"] - 1e-9 for r in free)  # thresholds raised only where it pays
+    best, thr, rows = choose_refine_options(model, d, **grid, min_purity=0.99)
+    assert model.refine_options == saved and (model.thresholds == base).all() and len(rows) == 4
+    assert (thr >= base).all() and all(r["purity_tight"] >= 0.99 for r in rows)
+    top = max(rows, key=lambda r: r["value_tight"])
     assert best["unmeasured_scale"] == [top["b_maj"], top["b_min"]]
     assert ("position_beam" in best.get("min_snr", {})) == math.isfinite(top["position_beam"])
-    # the chosen options reproduce the best row's score through detect_image's normal path
-    model.refine_options = best
+    # the chosen options and thresholds reproduce the best row through detect_image's normal path, up to the
+    # detections that change: a box of a prior whose threshold rose no longer suppresses boxes of other priors
+    # in the NMS, and the refinement's neighbour masks follow the detections (measured: 105.2 vs 101.5 here)
+    model.refine_options, model.thresholds = best, thr
     s = score_sdc1(detect_image(field.image, pb=field.pb, model=model, progress=False), field.truth_path,
                    area="all")
-    assert s.value == pytest.approx(top["value"], abs=1e-6)
+    assert s.value == pytest.approx(top["value_tight"], rel=0.06) and s.purity >= 0.97
 
 
 @needs_model

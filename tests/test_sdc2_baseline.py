@@ -113,6 +113,72 @@ def test_reliability_and_config_errors():
         BaselineConfig(spectral_kernels=(2.5,)).validate()
 
 
+@pytest.fixture(scope="module")
+def simulated_cube(tmp_path_factory):
+    """96 x 96 x 128 simulated cube (30 galaxies, bright tail boosted): several sources near tile borders."""
+    from cianna.sim.hi_cube import simulate_hi_cube
+
+    res = simulate_hi_cube(tmp_path_factory.mktemp("tiles"), shape=(96, 96, 128), seed=2, n_sources=30,
+                           flux_boost=1.0)
+    return str(res.cube_path)
+
+
+@pytest.mark.parametrize("tile_xy, overlap_xy", [(32, 16), (40, 96)])
+def test_tiled_equals_untiled(simulated_cube, tile_xy, overlap_xy):
+    cols = ("ra", "dec", "central_freq", "line_flux_integral", "hi_size", "pa", "i", "w20", "rel", "snr", "x", "y",
+            "z", "n_pix")
+    whole = find_sources(simulated_cube, tile_xy=None)
+    tiled = find_sources(simulated_cube, tile_xy=tile_xy, overlap_xy=overlap_xy)
+    assert tiled.meta["config"]["tile_xy"] == tile_xy
+    assert len(whole) >= 4 and len(tiled) == len(whole)  # no source lost or duplicated at tile borders
+    # sources within a few pixels of a core border (multiples of 32 or 40) exercise the ownership rule
+    near = np.minimum(np.asarray(whole["y"]) % tile_xy, tile_xy - np.asarray(whole["y"]) % tile_xy)
+    assert near.min() < 3
+    for col in cols:
+        np.testing.assert_allclose(np.asarray(tiled[col], float), np.asarray(whole[col], float), rtol=1e-9,
+                                   atol=0, err_msg=col)
+
+
+def test_whole_plane_noise_levels_do_not_depend_on_tiles():
+    from cianna.pipelines.sdc2.baseline import (_plane_noise, _smooth_stride, _smoothed, _smoothed_noise,
+                                                _spans, robust_rms)
+
+    rng = np.random.default_rng(3)
+    data = (rng.normal(0.0, 1.0, (24, 50, 70)) * rng.uniform(0.5, 2.0, (24, 1, 1))).astype(np.float32)
+    data[3, 5:9, 7:30] = np.nan
+    data[5] = np.nan  # blank channel
+    ref = np.nan_to_num(data, nan=0.0)
+    assert np.array_equal(_plane_noise(data, 2, max_bytes=40_000), robust_rms(ref, axis=(1, 2), stride=2))
+    cfg = BaselineConfig(spectral_kernels=(0, 3, 7))
+    stride = _smooth_stride(data.shape, cfg)
+    zs = _spans(24, None, 0)[0]
+    rms = np.array(robust_rms(ref, axis=(1, 2), stride=2), dtype=np.float32)
+    rms[rms <= 0] = np.inf
+    tiles = [(ys, xs) for ys in _spans(50, 16, 12) for xs in _spans(70, 16, 12)]
+    levels = _smoothed_noise(data, zs, rms, tiles, stride, cfg)
+    for k, (fwhm, width, sm) in enumerate(_smoothed(ref / rms[:, None, None], cfg)):
+        want = np.ones(24) if fwhm <= 0 and width <= 1 else robust_rms(sm, axis=(1, 2), stride=stride)
+        assert np.array_equal(levels[k], want.astype(np.float32)), (fwhm, width)
+    # the sampling stride depends on the plane size only; capped by smooth_noise_samples
+    assert _smooth_stride((1, 512, 512), BaselineConfig()) == 4
+    assert _smooth_stride((1, 5851, 5851), BaselineConfig()) == 46
+
+
+def test_small_tile_overlap_warns(bright_cube, caplog):
+    with caplog.at_level("WARNING", logger="cianna.pipelines.sdc2.baseline"):
+        find_sources(bright_cube[0], tile_xy=40, overlap_xy=4, spatial_kernels=(0, 3), spectral_kernels=(0, 7))
+    assert "overlap_xy=4" in caplog.text
+
+
+@pytest.mark.parametrize("field, value", [("tile_xy", 0), ("tile_xy", -8), ("tile_xy", 32.5), ("tile_xy", True),
+                                          ("overlap_xy", -1), ("overlap_xy", 2.0), ("smooth_noise_samples", 0)])
+def test_bad_tile_parameters(field, value):
+    with pytest.raises(ValueError, match=f"BaselineConfig.{field}"):
+        BaselineConfig(**{field: value}).validate()
+    with pytest.raises(ValueError, match=field):
+        find_sources("unused.fits", **{field: value})  # checked before the file is opened
+
+
 def test_bad_cube_input(tmp_path):
     from cianna.io.cube import CubeError
 

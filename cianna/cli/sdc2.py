@@ -83,6 +83,10 @@ def _baseline(args: argparse.Namespace) -> int:
         overrides["chunk_channels"] = args.chunk_channels
     if args.rel_threshold is not None:
         overrides["rel_threshold"] = args.rel_threshold
+    if args.tile_xy is not None:
+        overrides["tile_xy"] = args.tile_xy or None  # 0 = whole channel plane
+    if args.overlap_xy is not None:
+        overrides["overlap_xy"] = args.overlap_xy
     table = find_sources(args.cube, **overrides)
     out = args.out
     if os.path.exists(out) and not args.overwrite:
@@ -125,5 +129,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=None, help="clip level in sigma (default 4)")
     p.add_argument("--rel-threshold", type=float, default=None, help="minimum reliability")
     p.add_argument("--chunk-channels", type=int, default=None, help="channels per slab")
+    p.add_argument("--tile-xy", type=int, default=None,
+                   help="spatial tile core side in pixels (default 512; 0 = whole plane, no tiling)")
+    p.add_argument("--overlap-xy", type=int, default=None, help="spatial tile overlap in pixels (default 32)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_baseline)

@@ -220,60 +220,83 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
 
 
 def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=(math.inf, 0.0),
-                          unmeasured_b_maj=(1.0, 0.6, 0.45, 0.3, 0.2), unmeasured_b_min=(1.0, 0.7)
-                          ) -> tuple[dict, list]:
-    """Choose the catalogue-stage refinement options of a model on a validation field.
+                          unmeasured_b_maj=(1.0, 0.6, 0.45, 0.3, 0.2), unmeasured_b_min=(1.0, 0.7),
+                          min_purity: float | None = None) -> tuple[dict, np.ndarray, list]:
+    """Choose the catalogue-stage refinement options of a model, and tighten its thresholds, on a validation field.
 
     The network runs once (``refine="none"``, the model's thresholds and ``size_scale``); each candidate is then
     only a :func:`~cianna.pipelines.sdc1.refine.refine_catalog` call and a score, so the search costs a few
     seconds per candidate. Candidates: ``min_snr["position_beam"]`` (S/N above which the fixed-shape fit's
     centre replaces the network's where the free fit does not; ``inf`` = off) crossed with
-    ``unmeasured_scale`` (multipliers of the network's b_maj, b_min where no fitted size replaces them). The
-    best validation score wins. Unlike :func:`choose_size_scale` no floor on the number of matches is imposed:
-    smaller submitted sizes shrink the scorer's match radius, and the score decides whether the better size
-    terms are worth the matches lost (the sizes come nearer to the true, mostly sub-beam, sizes).
+    ``unmeasured_scale`` (multipliers of the network's b_maj, b_min where no fitted size replaces them).
+
+    Each candidate's catalogue gives every detection its gain (:func:`detection_gains`), and the per-prior
+    thresholds are then *raised* where that pays (:func:`tune_thresholds` on this catalogue, never below the
+    model's thresholds), subject to ``min_purity``. Because only detections of the final catalogue are involved,
+    the purity floor holds on the re-run (unlike a floor set on a low-threshold run, where the extra detections
+    change the neighbour masks of the refinement). The best tightened score wins. Smaller submitted sizes
+    shrink the scorer's match radius; the score decides whether the better size terms are worth the matches
+    lost (the sizes come nearer to the true, mostly sub-beam, sizes).
 
     Parameters
     ----------
     model : SDC1Model
-        Model with tuned thresholds; its ``refine_options`` are the base the candidates are merged into and are
-        not modified.
+        Model with tuned thresholds; its ``refine_options`` are the base the candidates are merged into. The
+        model is not modified.
     valid_dir : str or os.PathLike
         Validation field directory (``image.fits``, ``pb.fits``, ``truth.txt``).
     position_beam, unmeasured_b_maj, unmeasured_b_min : sequence of float
         Candidate values.
+    min_purity : float, optional
+        Purity floor of the tightened thresholds.
 
     Returns
     -------
-    best : dict
+    options : dict
         The model's refinement options with the best candidate merged in.
+    thresholds : numpy.ndarray, shape (nb_box,)
+        The tightened per-prior thresholds of that candidate.
     table : list of dict
-        One row per candidate: ``position_beam, b_maj, b_min, value, n_match, purity``.
+        One row per candidate: ``position_beam, b_maj, b_min``, its score at the model's thresholds (``value,
+        n_match, purity``) and after tightening (``value_tight, purity_tight``).
     """
     from cianna.pipelines.sdc1.detect import detect_image, merge_refine_options
     from cianna.pipelines.sdc1.refine import refine_catalog
-    from cianna.scoring.sdc1 import score_sdc1
 
+    _check_min_purity(min_purity)
     image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
     raw = detect_image(image, pb=pb, model=model, progress=False, refine="none")
-    rows, best, best_value = [], None, -math.inf
+    nb = model.config.nb_box
+    base = np.asarray(model.thresholds, float)
+    rows, best = [], None
     for pbeam in position_beam:
         for a in unmeasured_b_maj:
             for b in unmeasured_b_min:
                 cand = merge_refine_options(model.refine_options, {"min_snr": {"position_beam": float(pbeam)},
                                                                    "unmeasured_scale": [float(a), float(b)]})
-                sc = score_sdc1(refine_catalog(raw, image, **cand), truth, area="all")
-                rows.append({"position_beam": float(pbeam), "b_maj": float(a), "b_min": float(b),
-                             "value": float(sc.value), "n_match": int(sc.n_match), "purity": float(sc.purity)})
-                log.info("refine position_beam %g, unmeasured_scale (%.2f, %.2f): score %.1f, %d matches",
-                         pbeam, a, b, sc.value, sc.n_match)
-                if sc.value > best_value:
-                    best, best_value = cand, sc.value
-    if best is not None and not math.isfinite(best["min_snr"]["position_beam"]):
-        best["min_snr"].pop("position_beam")  # off is the default; keep the stored options JSON-clean
-        if not best["min_snr"]:
-            best.pop("min_snr")
-    return best, rows
+                table = refine_catalog(raw, image, **cand)
+                gains, sc = detection_gains(table, truth)
+                obj, prior = np.asarray(table["objectness"], float), np.asarray(table["prior"], int)
+                thr, _ = tune_thresholds(obj, prior, gains, nb, low=0.0, min_purity=min_purity)
+                thr = np.maximum(thr, base)
+                keep = obj >= thr[prior]
+                row = {"position_beam": float(pbeam), "b_maj": float(a), "b_min": float(b),
+                       "value": float(gains.sum()), "n_match": int((gains > -1).sum()),
+                       "purity": float((gains > -1).mean()) if len(gains) else 1.0,
+                       "value_tight": float(gains[keep].sum()),
+                       "purity_tight": float((gains[keep] > -1).mean()) if keep.any() else 1.0}
+                rows.append(row)
+                log.info("refine position_beam %g, unmeasured_scale (%.2f, %.2f): score %.1f (purity %.3f), "
+                         "tightened %.1f (%.3f)", pbeam, a, b, row["value"], row["purity"], row["value_tight"],
+                         row["purity_tight"])
+                if best is None or row["value_tight"] > best[0]["value_tight"]:
+                    best = (row, cand, thr)
+    row, options, thr = best
+    if not math.isfinite(options["min_snr"]["position_beam"]):
+        options["min_snr"].pop("position_beam")  # off is the default; keep the stored options JSON-clean
+        if not options["min_snr"]:
+            options.pop("min_snr")
+    return options, thr, rows
 
 
 def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,

@@ -1,6 +1,6 @@
 """Classical smooth-and-clip HI source finder for SDC2 cubes (a SoFiA-2-like baseline, written here).
 
-Steps (all on channel slabs with spectral overlap, reading a memory-mapped FITS cube):
+Steps (on spectral slabs x spatial tiles with overlaps, reading a memory-mapped FITS cube):
 
 1. **Noise normalisation**: each channel is divided by its robust rms (1.4826 x MAD).
 2. **Smooth and clip**: for every spatial Gaussian kernel (FWHM in pixels, 0 = none) and spectral boxcar
@@ -22,15 +22,23 @@ Steps (all on channel slabs with spectral overlap, reading a memory-mapped FITS 
    ``size_factor``), inclination from its axis ratio (``cos^2 i = (q^2 - a^2) / (1 - a^2)``, a = 0.2) and PA
    from the kinematic gradient of the per-channel centroids (receding = low-frequency side, east of north).
 
-Chunking: a slab core ``[z0, z1)`` is processed with ``overlap`` extra channels on both sides; a component is
-kept by the slab holding its first channel, so every source is reported once. The result equals the
-in-memory run (one slab) when components span fewer than ``overlap - max(spectral kernel)`` channels.
+Chunking and tiling: the cube is cut into spectral slabs (core ``chunk_channels`` channels, ``overlap`` extra
+channels on both sides) and each slab into spatial tiles (core ``tile_xy`` x ``tile_xy`` pixels, ``overlap_xy``
+extra pixels on all sides); one padded tile is in memory at a time. A component is kept by the slab and tile
+whose cores hold the first corner (lowest channel, row, column) of its bounding box, so every source is reported
+once. The noise levels stay properties of whole channel planes: the per-channel rms of step 1 is measured once
+on the full plane (strided reads of the memory map, a few channels at a time), and with several tiles the rms of
+each smoothed cube is measured by a first pass over the tiles that keeps only the samples of a fixed spatial grid
+(``smooth_noise_samples`` per channel). The result equals the in-memory run (one slab, one tile) when components
+span fewer than ``overlap - max(spectral kernel)`` channels and ``overlap_xy - r`` pixels, with ``r`` the
+truncation radius of the widest spatial kernel (10 px for FWHM 6).
 """
 from __future__ import annotations
 
 import logging
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 from astropy import units as u
@@ -87,8 +95,18 @@ class BaselineConfig:
         hi_size [arcsec] and i [deg] reported when the source is not resolved.
     chunk_channels, overlap : int
         Slab core size and overlap [channels].
+    tile_xy : int or None
+        Side of the spatial tile core [pixels]; ``None`` = the whole channel plane (no tiling). Planes up to
+        ``tile_xy`` pixels on a side are processed as one tile.
+    overlap_xy : int
+        Spatial overlap added on all sides of a tile [pixels]; keep it above the largest component extent plus
+        the truncation radius of the widest spatial kernel (10 px for FWHM 6).
     noise_stride : int
-        Spatial subsampling used for the MAD noise estimates.
+        Spatial subsampling used for the MAD noise estimate of the input channels.
+    smooth_noise_samples : int
+        Maximum number of spatial samples per channel for the MAD of the smoothed cubes: the sampling stride is
+        ``max(2 noise_stride, ceil(sqrt(X Y / smooth_noise_samples)))`` (depends on the plane size only, so not
+        on the tiling; the default changes nothing on planes up to 512 x 512 pixels).
     """
 
     spatial_kernels: tuple = (0, 3, 6)
@@ -113,7 +131,10 @@ class BaselineConfig:
     unresolved_incl: float = 57.3
     chunk_channels: int = 256
     overlap: int = 64
+    tile_xy: int | None = 512
+    overlap_xy: int = 32
     noise_stride: int = 2
+    smooth_noise_samples: int = 16384
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid parameter."""
@@ -123,6 +144,13 @@ class BaselineConfig:
             raise ValueError(f"BaselineConfig.chunk_channels must be >= 1, got {self.chunk_channels}")
         if self.overlap < 0:
             raise ValueError(f"BaselineConfig.overlap must be >= 0, got {self.overlap}")
+        if self.tile_xy is not None and (not _is_int(self.tile_xy) or self.tile_xy < 1):
+            raise ValueError(f"BaselineConfig.tile_xy must be None or an integer >= 1, got {self.tile_xy!r}")
+        if not _is_int(self.overlap_xy) or self.overlap_xy < 0:
+            raise ValueError(f"BaselineConfig.overlap_xy must be an integer >= 0, got {self.overlap_xy!r}")
+        if not _is_int(self.smooth_noise_samples) or self.smooth_noise_samples < 1:
+            raise ValueError(f"BaselineConfig.smooth_noise_samples must be an integer >= 1, got "
+                             f"{self.smooth_noise_samples!r}")
         for k in self.spatial_kernels:
             if k < 0:
                 raise ValueError(f"BaselineConfig.spatial_kernels must be >= 0, got {self.spatial_kernels}")
@@ -130,6 +158,11 @@ class BaselineConfig:
             if int(k) != k or k < 0:
                 raise ValueError(f"BaselineConfig.spectral_kernels must be integers >= 0, got "
                                  f"{self.spectral_kernels}")
+
+
+def _is_int(value) -> bool:
+    """True for Python/numpy integers (``bool`` excluded)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def robust_rms(data: np.ndarray, axis=None, stride: int = 1) -> np.ndarray:
@@ -183,10 +216,12 @@ def _boxcar_z(cs: np.ndarray, width: int, pad: int, nz: int) -> np.ndarray:
     return out
 
 
-def _smooth_and_clip(norm: np.ndarray, cfg: BaselineConfig) -> tuple[np.ndarray, np.ndarray]:
-    pos = np.zeros(norm.shape, dtype=bool)
-    neg = np.zeros(norm.shape, dtype=bool)
-    stride = max(cfg.noise_stride, 1) * 2  # smoothed cubes are spatially correlated: fewer samples suffice
+def _smoothed(norm: np.ndarray, cfg: BaselineConfig):
+    """Yield ``(fwhm, width, smoothed)`` for every spatial x spectral kernel pair, in config order.
+
+    The consumer must drop its reference to ``smoothed`` before asking for the next one (memory).
+    """
+    pad = max([int(w) for w in cfg.spectral_kernels] + [0])
     for fwhm in cfg.spatial_kernels:
         sm_xy = norm if fwhm <= 0 else ndimage.gaussian_filter(norm, (0, fwhm / 2.3548, fwhm / 2.3548),
                                                                mode="constant")
@@ -196,20 +231,58 @@ def _smooth_and_clip(norm: np.ndarray, cfg: BaselineConfig) -> tuple[np.ndarray,
             if width <= 1:
                 sm = sm_xy
             else:
-                pad = max(int(w) for w in cfg.spectral_kernels)
                 if cs is None:
                     cs = _padded_cumsum(sm_xy, pad)
                 sm = _boxcar_z(cs, width, pad, sm_xy.shape[0])
-            if fwhm <= 0 and width <= 1:
-                rms = np.ones(sm.shape[0], dtype=np.float32)
-            else:
-                rms = robust_rms(sm, axis=(1, 2), stride=stride).astype(np.float32)
-            rms[rms <= 0] = np.inf
-            level = (cfg.threshold * rms)[:, None, None]
-            pos |= sm > level
-            neg |= sm < -level
+            yield fwhm, width, sm
             del sm  # free before the next kernel is computed
-        del cs
+        del cs, sm_xy
+
+
+def _is_plain(fwhm: float, width: int) -> bool:
+    """True for the unsmoothed kernel pair (its rms is 1 by construction)."""
+    return fwhm <= 0 and width <= 1
+
+
+def _smooth_stride(shape: tuple, cfg: BaselineConfig) -> int:
+    """Spatial sampling stride of the smoothed cubes' rms; depends on the plane size only (not the tiling)."""
+    ny, nx = shape[-2:]
+    cap = int(math.ceil(math.sqrt(ny * nx / cfg.smooth_noise_samples)))
+    return max(max(cfg.noise_stride, 1) * 2, cap)  # smoothed cubes are spatially correlated: fewer samples
+
+
+def _smooth_and_clip(norm: np.ndarray, cfg: BaselineConfig, stride: int,
+                     levels: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative masks of ``norm`` OR-ed over the kernels.
+
+    Parameters
+    ----------
+    norm : numpy.ndarray, shape (Z, Y, X)
+        Noise-normalised slab or tile.
+    cfg : BaselineConfig
+        Kernels and threshold.
+    stride : int
+        Spatial sampling of the rms measured on ``norm`` itself (when ``levels`` is None: whole plane only).
+    levels : list of numpy.ndarray, optional
+        Per-channel rms of every smoothed cube (:func:`_smoothed` order), measured on the whole plane by
+        :func:`_smoothed_noise`; required when ``norm`` is a tile of a larger plane.
+    """
+    pos = np.zeros(norm.shape, dtype=bool)
+    neg = np.zeros(norm.shape, dtype=bool)
+    k = -1  # no enumerate(): its cached result tuple would keep the previous smoothed cube alive
+    for fwhm, width, sm in _smoothed(norm, cfg):
+        k += 1
+        if levels is not None:
+            rms = levels[k].copy()
+        elif _is_plain(fwhm, width):
+            rms = np.ones(sm.shape[0], dtype=np.float32)
+        else:
+            rms = robust_rms(sm, axis=(1, 2), stride=stride).astype(np.float32)
+        rms[rms <= 0] = np.inf
+        level = (cfg.threshold * rms)[:, None, None]
+        pos |= sm > level
+        neg |= sm < -level
+        del sm
     return pos, neg
 
 
@@ -379,64 +452,210 @@ def find_sources(cube, config: BaselineConfig | None = None, **overrides) -> Tab
             cb.close()
 
 
+class _Span(NamedTuple):
+    """Core ``[a, b)`` and padded ``[pa, pb)`` index ranges of a slab or tile along one axis."""
+
+    a: int
+    b: int
+    pa: int
+    pb: int
+
+
+def _spans(n: int, core: int | None, overlap: int) -> list:
+    """Cores of ``core`` pixels (``None`` = one core of ``n``) covering ``[0, n)``, padded by ``overlap``."""
+    core = n if core is None else core
+    return [_Span(a, min(a + core, n), max(0, a - overlap), min(n, a + core + overlap))
+            for a in range(0, n, core)]
+
+
+def _channel_step(data, max_bytes: int = 1 << 26) -> int:
+    """Channels read from the memory map at once: whole planes within ``max_bytes`` (at least one).
+
+    The kernel maps large file folios around every page read, so a read maps about as much as the channel
+    planes it touches; those pages are released after each read (:func:`~cianna.pipelines.sdc2.data.release_pages`).
+    """
+    plane = int(np.prod(data.shape[1:])) * data.dtype.itemsize
+    return max(1, max_bytes // max(plane, 1))
+
+
+def _plane_noise(data, stride: int, max_bytes: int = 1 << 26) -> np.ndarray:
+    """Robust rms of every channel plane of ``data`` (NaN and inf count as 0), read in bounded blocks.
+
+    Parameters
+    ----------
+    data : array_like, shape (Z, Y, X)
+        Cube (memory map); every ``stride``-th row and column is read, :func:`_channel_step` channels at a time.
+    stride : int
+        Spatial subsampling (``<= 1``: every pixel), as in :func:`robust_rms`.
+    max_bytes : int, optional
+        Bound on the file span read at once (see :func:`_channel_step`).
+
+    Returns
+    -------
+    numpy.ndarray, shape (Z,), float32
+        Same values as ``robust_rms(cube, axis=(1, 2), stride=stride)`` on the whole in-memory cube.
+    """
+    from cianna.pipelines.sdc2.data import release_pages
+
+    s = max(int(stride), 1)
+    step = _channel_step(data, max_bytes)
+    out = np.empty(data.shape[0], dtype=np.float32)
+    for z0 in range(0, data.shape[0], step):
+        block = np.array(data[z0:z0 + step, ::s, ::s], dtype=np.float32)
+        release_pages(data)
+        np.nan_to_num(block, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        out[z0:z0 + step] = robust_rms(block, axis=(1, 2))
+    return out
+
+
+def _read_tile(data, zs: _Span, ys: _Span, xs: _Span, rms: np.ndarray) -> np.ndarray:
+    """Padded tile of ``data`` as float32 divided by the channel rms ``rms`` (length ``zs.pb - zs.pa``)."""
+    from cianna.pipelines.sdc2.data import release_pages
+
+    norm = np.empty((zs.pb - zs.pa, ys.pb - ys.pa, xs.pb - xs.pa), dtype=np.float32)  # private copy
+    step = _channel_step(data)
+    for z0 in range(zs.pa, zs.pb, step):
+        z1 = min(z0 + step, zs.pb)
+        norm[z0 - zs.pa:z1 - zs.pa] = data[z0:z1, ys.pa:ys.pb, xs.pa:xs.pb]
+        release_pages(data)
+    np.nan_to_num(norm, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    norm /= rms[:, None, None]
+    return norm
+
+
+def _grid(span: _Span, stride: int) -> slice:
+    """Local slice of the padded tile selecting the core pixels on the global ``stride`` grid."""
+    first = -(-span.a // stride) * stride
+    return slice(first - span.pa, span.b - span.pa, stride)
+
+
+def _smoothed_noise(data, zs: _Span, rms: np.ndarray, tiles: list, stride: int, cfg: BaselineConfig) -> list:
+    """Whole-plane per-channel rms of every smoothed cube of a slab, from a first pass over its tiles.
+
+    Each tile contributes the smoothed values of its core pixels on the global ``stride`` grid, so the samples
+    (hence the medians) are those :func:`_smooth_and_clip` takes on the untiled slab. Memory: one padded tile
+    plus ``n_kernels x channels x smooth_noise_samples`` float32 values.
+    """
+    ny, nx = data.shape[1:]
+    n_samples = (-(-ny // stride)) * (-(-nx // stride))
+    pairs = [(f, int(w)) for f in cfg.spatial_kernels for w in cfg.spectral_kernels]
+    buf = [None if _is_plain(*p) else np.empty((zs.pb - zs.pa, n_samples, 1), np.float32) for p in pairs]
+    at = 0
+    for ys, xs in tiles:
+        norm = _read_tile(data, zs, ys, xs, rms)
+        gy, gx = _grid(ys, stride), _grid(xs, stride)
+        n, k = 0, -1
+        for fwhm, width, sm in _smoothed(norm, cfg):
+            k += 1
+            if buf[k] is not None:
+                vals = sm[:, gy, gx].reshape(sm.shape[0], -1)
+                n = vals.shape[1]
+                buf[k][:, at:at + n, 0] = vals
+            del sm
+        at += n
+        del norm
+    ones = np.ones(zs.pb - zs.pa, dtype=np.float32)
+    return [ones if b is None else robust_rms(b, axis=(1, 2)).astype(np.float32) for b in buf]
+
+
 def _run(cb, cfg: BaselineConfig) -> Table:
-    nz = cb.shape[0]
+    nz, ny, nx = cb.shape
     if cb.beam is None:
         raise ValueError(f"{cb.path}: the baseline needs BMAJ/BMIN in the header")
     beam_area, pixel, beam = cb.beam_area_pix, cb.pixel_size, math.sqrt(cb.beam[0] * cb.beam[1])
-    rows, pos_feats, neg_feats = [], [], []
-    for a in range(0, nz, cfg.chunk_channels):
-        b = min(a + cfg.chunk_channels, nz)
-        pa_, pb_ = max(0, a - cfg.overlap), min(nz, b + cfg.overlap)
-        norm = np.array(cb.data[pa_:pb_], dtype=np.float32)  # private copy, normalised in place below
-        np.nan_to_num(norm, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        rms = robust_rms(norm, axis=(1, 2), stride=cfg.noise_stride).astype(np.float32)
+    tiles = [(ys, xs) for ys in _spans(ny, cfg.tile_xy, cfg.overlap_xy)
+             for xs in _spans(nx, cfg.tile_xy, cfg.overlap_xy)]
+    _check_overlap_xy(len(tiles), cfg)
+    stride = _smooth_stride(cb.shape, cfg)
+    chan_rms = _plane_noise(cb.data, cfg.noise_stride)
+    out = _Found([], [], [])
+    for zs in _spans(nz, cfg.chunk_channels, cfg.overlap):
+        rms = chan_rms[zs.pa:zs.pb].copy()
         rms[rms <= 0] = np.inf
-        norm /= rms[:, None, None]
-        rms[~np.isfinite(rms)] = 0.0  # Jy/beam = norm * rms (blank channels -> 0)
-        pos, neg = _smooth_and_clip(norm, cfg)
-        for sign, mask in ((1.0, pos), (-1.0, neg)):
-            labels, objects = _link(mask, cfg)
-            for lab, sl in enumerate(objects, start=1):
-                if sl is None:
-                    continue
-                zs, ys, xs = sl
-                if (zs.stop - zs.start < cfg.min_size_z or ys.stop - ys.start < cfg.min_size_xy
-                        or xs.stop - xs.start < cfg.min_size_xy):
-                    continue
-                gz0 = pa_ + zs.start
-                if not (a <= gz0 < b):  # owned by another slab
-                    continue
-                if zs.stop == pb_ - pa_ and pb_ < nz:
-                    log.warning("component at channel %d reaches the slab overlap; increase overlap", gz0)
-                m = labels[sl] == lab
-                feat, snr, npix = _features(norm[sl], m, sign)
-                if sign < 0:
-                    neg_feats.append(feat)
-                    continue
-                pos_feats.append(feat)
-                row = {"snr": snr, "n_pix": npix, "_k": len(pos_feats) - 1}
-                if snr >= cfg.min_snr and npix >= cfg.min_npix:
-                    d = cfg.dilate_xy
-                    dz = cfg.dilate_z
-                    box = (slice(max(zs.start - dz, 0), min(zs.stop + dz, norm.shape[0])),
-                           slice(max(ys.start - d, 0), min(ys.stop + d, norm.shape[1])),
-                           slice(max(xs.start - d, 0), min(xs.stop + d, norm.shape[2])))
-                    mbox = labels[box] == lab
-                    origin = (pa_ + box[0].start, box[1].start, box[2].start)
-                    data_box = norm[box] * rms[box[0], None, None]
-                    row.update(_parametrise(data_box, mbox, norm[box], origin, cb.freqs, cb.celestial,
-                                            beam_area, pixel, beam, cfg))
-                    rows.append(row)
-        log.info("channels %d-%d: %d candidate sources so far", a, b, len(rows))
-    rel_all = reliability(np.array(pos_feats).reshape(-1, 3), np.array(neg_feats).reshape(-1, 3),
+        levels = _smoothed_noise(cb.data, zs, rms, tiles, stride, cfg) if len(tiles) > 1 else None
+        rms_jy = np.where(np.isfinite(rms), rms, 0.0).astype(np.float32)  # Jy/beam = norm * rms (blank -> 0)
+        for ys, xs in tiles:
+            norm = _read_tile(cb.data, zs, ys, xs, rms)
+            pos, neg = _smooth_and_clip(norm, cfg, stride, levels)
+            for sign, mask in ((1.0, pos), (-1.0, neg)):
+                _collect(sign, mask, norm, rms_jy, (zs, ys, xs), cb, (beam_area, pixel, beam), cfg, out)
+            del norm, pos, neg
+        log.info("channels %d-%d: %d candidate sources so far", zs.a, zs.b, len(out.rows))
+    return _select(out, cfg)
+
+
+def _check_overlap_xy(n_tiles: int, cfg: BaselineConfig) -> None:
+    """Warn when tiles are used with an overlap below the widest spatial kernel's truncation radius."""
+    radius = max([int(4.0 * f / 2.3548 + 0.5) for f in cfg.spatial_kernels if f > 0] + [0])
+    if n_tiles > 1 and cfg.overlap_xy < radius + cfg.merge_xy:
+        log.warning("overlap_xy=%d is below the spatial kernel radius + merge_xy (%d px): sources near tile "
+                    "borders depend on the tiling", cfg.overlap_xy, radius + cfg.merge_xy)
+
+
+class _Found(NamedTuple):
+    """Accumulators of :func:`_run`: parametrised positive rows and features of all components."""
+
+    rows: list
+    pos_feats: list
+    neg_feats: list
+
+
+def _owned(sl: tuple, spans: tuple, shape: tuple) -> bool:
+    """Ownership of a component with bounding box ``sl`` (tile-local slices) by the tile ``spans``.
+
+    True when the first corner of the box lies in the tile core (its other copies, in neighbouring tiles, are
+    then dropped); warns when the box reaches a padded edge that is not a cube edge.
+    """
+    if not all(sp.a <= sp.pa + s.start < sp.b for s, sp in zip(sl, spans)):
+        return False
+    if any(s.stop == sp.pb - sp.pa and sp.pb < n for s, sp, n in zip(sl, spans, shape)):
+        log.warning("component at (channel, row, column) = (%d, %d, %d) reaches the slab/tile overlap; "
+                    "increase overlap / overlap_xy", *(sp.pa + s.start for s, sp in zip(sl, spans)))
+    return True
+
+
+def _collect(sign: float, mask: np.ndarray, norm: np.ndarray, rms: np.ndarray, spans: tuple, cb, beam_info,
+             cfg: BaselineConfig, out: _Found) -> None:
+    """Link ``mask`` of one tile and add the components it owns to ``out`` (parametrised if positive)."""
+    labels, objects = _link(mask, cfg)
+    for lab, sl in enumerate(objects, start=1):
+        if sl is None:
+            continue
+        zs, ys, xs = sl
+        if (zs.stop - zs.start < cfg.min_size_z or ys.stop - ys.start < cfg.min_size_xy
+                or xs.stop - xs.start < cfg.min_size_xy):
+            continue
+        if not _owned(sl, spans, cb.shape):  # owned by another slab or tile
+            continue
+        m = labels[sl] == lab
+        feat, snr, npix = _features(norm[sl], m, sign)
+        if sign < 0:
+            out.neg_feats.append(feat)
+            continue
+        out.pos_feats.append(feat)
+        row = {"snr": snr, "n_pix": npix, "_k": len(out.pos_feats) - 1}
+        if snr >= cfg.min_snr and npix >= cfg.min_npix:
+            d, dz = cfg.dilate_xy, cfg.dilate_z
+            box = (slice(max(zs.start - dz, 0), min(zs.stop + dz, norm.shape[0])),
+                   slice(max(ys.start - d, 0), min(ys.stop + d, norm.shape[1])),
+                   slice(max(xs.start - d, 0), min(xs.stop + d, norm.shape[2])))
+            mbox = labels[box] == lab
+            origin = tuple(sp.pa + b.start for sp, b in zip(spans, box))
+            data_box = norm[box] * rms[box[0], None, None]
+            row.update(_parametrise(data_box, mbox, norm[box], origin, cb.freqs, cb.celestial, *beam_info, cfg))
+            out.rows.append(row)
+
+
+def _select(found: _Found, cfg: BaselineConfig) -> Table:
+    """Reliability over all components, cuts, sorting by frequency; the output table."""
+    rel_all = reliability(np.array(found.pos_feats).reshape(-1, 3), np.array(found.neg_feats).reshape(-1, 3),
                           cfg.rel_kernel_scale, cfg.min_negatives)
-    keep = [r for r in rows if rel_all[r["_k"]] >= cfg.rel_threshold]
+    keep = [r for r in found.rows if rel_all[r["_k"]] >= cfg.rel_threshold]
     for r in keep:
         r["rel"] = float(rel_all[r["_k"]])
     keep.sort(key=lambda r: (r["central_freq"], r["ra"], r["dec"]))
-    log.info("%d positive / %d negative components, %d reliable sources", len(pos_feats), len(neg_feats),
-             len(keep))
+    log.info("%d positive / %d negative components, %d reliable sources", len(found.pos_feats),
+             len(found.neg_feats), len(keep))
     return _to_table(keep, cfg)
 
 
