@@ -232,9 +232,10 @@ def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=
 
     Each candidate's catalogue gives every detection its gain (:func:`detection_gains`), and the per-prior
     thresholds are then *raised* where that pays (:func:`tune_thresholds` on this catalogue, never below the
-    model's thresholds), subject to ``min_purity``. Because only detections of the final catalogue are involved,
-    the purity floor holds on the re-run (unlike a floor set on a low-threshold run, where the extra detections
-    change the neighbour masks of the refinement). The best tightened score wins. Smaller submitted sizes
+    model's thresholds), subject to ``min_purity``. Only detections of the final catalogue are involved, so the
+    floor nearly holds on the re-run (a floor set on a low-threshold run does not: there the extra detections
+    change the NMS and the neighbour masks of the refinement). It is not exact: a box of a prior whose threshold
+    rose no longer suppresses boxes of other priors in the NMS. The best tightened score wins. Smaller submitted sizes
     shrink the scorer's match radius; the score decides whether the better size terms are worth the matches
     lost (the sizes come nearer to the true, mostly sub-beam, sizes).
 
