@@ -37,6 +37,12 @@ widths, hence integrated fluxes, are noise-biased below S/N ~ 20. Below the ``si
 network's value; between ``size`` and ``b_min`` the fitted b_maj times the network's axis ratio gives b_min (the
 deconvolved minor axis of a sub-beam source is mostly 0 or noise). The fitted sizes are not multiplied by the
 model's ``size_scale`` (a correction of the network's regression bias; the fitted sizes are unbiased at high S/N).
+
+Two options serve the faint majority of a realistic sky (off by default; a model stores the values chosen on its
+validation field in :attr:`~cianna.pipelines.sdc1.detect.SDC1Model.refine_options`): ``min_snr["position_beam"]``
+takes the centre of the fixed-shape fit (a matched-filter position) where the free fit's is not used, and
+``unmeasured_scale`` multiplies the network's b_maj and b_min where no fitted size replaces them (the network's
+sizes of sub-beam sources are biased high by the lower clip of its training targets).
 """
 from __future__ import annotations
 
