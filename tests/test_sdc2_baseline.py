@@ -96,8 +96,13 @@ def test_official_scorer_accepts_text_output(bright_cube, tmp_path):
     assert res.n_match == 3
     assert main(["-q", "sdc2", "score", str(out), bright_cube[1]]) == 0
     ecsv = tmp_path / "baseline.ecsv"
-    assert main(["-q", "sdc2", "baseline", bright_cube[0], "--out", str(ecsv)]) == 0
-    assert len(Table.read(ecsv)) == len(read_sdc2_catalog(out))
+    assert main(["-q", "sdc2", "baseline", bright_cube[0], "--out", str(ecsv), "--tile-xy", "40",
+                 "--overlap-xy", "24"]) == 0
+    tiled = Table.read(ecsv)
+    assert tiled.meta["config"]["tile_xy"] == 40 and tiled.meta["config"]["overlap_xy"] == 24
+    assert len(tiled) == len(read_sdc2_catalog(out))
+    assert main(["-q", "sdc2", "baseline", bright_cube[0], "--out", str(ecsv), "--overwrite", "--tile-xy", "0"]) == 0
+    assert Table.read(ecsv).meta["config"]["tile_xy"] is None
 
 
 def test_reliability_and_config_errors():
