@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -89,9 +90,23 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         s = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
         res["score"] = {k: getattr(s, k) for k in ("value", "n_det", "n_match", "n_false", "n_truth", "purity",
                                                    "completeness", "acc_pc")}
+    if args.selection:
+        from cianna.pipelines.sdc1.tune import choose_selection
+
+        table, rep = choose_selection(model, args.valid, low=args.low, min_purity=args.min_purity)
+        res["selection"] = rep
+        # kept only where it beats the thresholds on the validation field, at a purity meeting the floor (or at
+        # least that of the thresholds' re-run, which the floor on a low-threshold run does not guarantee)
+        ref = res["score"] or {"value": -math.inf, "purity": 1.0}
+        floor = min(args.min_purity or 0.0, ref["purity"])
+        if rep["score"]["value"] > ref["value"] and rep["score"]["purity"] >= floor:
+            model.selection = table
+            res["selection"]["used"] = True
+        else:
+            res["selection"]["used"] = False
     meta["tuning"] = {"valid_field": os.fspath(args.valid), **res}
     save_model(args.out, model.network, res["thresholds"], meta, size_scale=model.size_scale,
-               param_limits=model.param_limits, refine_options=model.refine_options)
+               param_limits=model.param_limits, refine_options=model.refine_options, selection=model.selection)
     print(json.dumps(res, indent=1, default=float))
     return 0
 
@@ -196,6 +211,9 @@ def register_sdc1(sub: argparse._SubParsersAction) -> None:
                    help="also choose the refinement options (matched-filter positions, sizes of unresolved "
                         "sources) on the field and raise the thresholds where that pays, under --min-purity "
                         "measured on the final catalogue")
+    p.add_argument("--selection", action="store_true",
+                   help="also fit a selection table on objectness x refined S/N (a run at --low), kept if it "
+                        "beats the thresholds on the field under --min-purity")
     p.add_argument("--low", type=float, default=0.05, help="lowest threshold tried (default 0.05)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_tune)

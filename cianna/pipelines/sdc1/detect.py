@@ -57,7 +57,7 @@ class SDC1Model:
     """
 
     def __init__(self, network, thresholds=None, meta=None, path=None, size_scale=(1.0, 1.0), param_limits=None,
-                 refine_options=None):
+                 refine_options=None, selection=None):
         self.network = network
         self.config = network.layers[-1].activation.yolo_config
         nb = self.config.nb_box
@@ -76,6 +76,11 @@ class SDC1Model:
         #: Keyword arguments of :func:`~cianna.pipelines.sdc1.refine.refine_catalog` chosen on the validation
         #: field (``min_snr`` overrides, ``unmeasured_scale``); the defaults of :func:`detect_image`'s refinement.
         self.refine_options = check_refine_options(refine_options)
+        #: Optional :class:`~cianna.pipelines.sdc1.selection.SelectionTable` (objectness × refined S/N) that
+        #: replaces the per-prior thresholds when the catalogue is refined (:func:`detect_image`).
+        self.selection = _as_selection(selection)
+        if self.selection is not None and self.selection.nb_box != nb:
+            raise ValueError(f"selection table has {self.selection.nb_box} priors, the network {nb}")
         self._by_size = {}
 
     def for_size(self, size: int):
@@ -118,6 +123,14 @@ def check_refine_options(options) -> dict:
     return out
 
 
+def _as_selection(selection):
+    from cianna.pipelines.sdc1.selection import SelectionTable
+
+    if selection is None or isinstance(selection, SelectionTable):
+        return selection
+    return SelectionTable.from_dict(selection)
+
+
 def merge_refine_options(base: dict, override: dict | None) -> dict:
     """``override`` on top of ``base`` (the model's options); ``min_snr`` is merged key by key."""
     out = dict(base)
@@ -127,16 +140,17 @@ def merge_refine_options(base: dict, override: dict | None) -> dict:
 
 
 def save_model(path, network, thresholds, meta: dict | None = None, size_scale=(1.0, 1.0),
-               param_limits: dict | None = None, refine_options: dict | None = None) -> Path:
-    """Save a network, its per-prior thresholds, size correction, parameter clip bounds and refinement options
-    as one safetensors file (``cianna.load`` reads the network too)."""
+               param_limits: dict | None = None, refine_options: dict | None = None, selection=None) -> Path:
+    """Save a network, its per-prior thresholds, size correction, parameter clip bounds, refinement options and
+    selection table as one safetensors file (``cianna.load`` reads the network too)."""
     from cianna.pipelines.sdc1.data import param_limits as _limits
     from cianna.train.checkpoint import save_checkpoint
 
     state = {"sdc1": {"thresholds": [float(t) for t in thresholds], "meta": meta or {},
                       "size_scale": [float(v) for v in size_scale],
                       "param_limits": {k: list(v) for k, v in _limits(param_limits).items()},
-                      "refine_options": check_refine_options(refine_options)}}
+                      "refine_options": check_refine_options(refine_options),
+                      "selection": None if selection is None else _as_selection(selection).to_dict()}}
     return save_checkpoint(path, network, state=state)
 
 
@@ -162,7 +176,8 @@ def load_model(path: str | os.PathLike | None = None) -> SDC1Model:
         raise CheckpointError(f"{path}: not a YOLO network (last layer activation is not YOLO)")
     sd = (state or {}).get("sdc1", {}) if isinstance(state, dict) else {}
     return SDC1Model(net.eval(), sd.get("thresholds"), sd.get("meta"), str(path),
-                     sd.get("size_scale", (1.0, 1.0)), sd.get("param_limits"), sd.get("refine_options"))
+                     sd.get("size_scale", (1.0, 1.0)), sd.get("param_limits"), sd.get("refine_options"),
+                     sd.get("selection"))
 
 
 def _normalize_torch(x):
@@ -247,7 +262,7 @@ def _tile_size(shape, tile: int) -> int:
 def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = None, model=None, thresholds=None,
                  tile_size: int = 512, overlap: int = 32, batch_size: int = 4, threads: int | None = None,
                  progress: bool = True, pb_min: float = 0.05, veto: bool = True, refine: str = "gauss",
-                 refine_options: dict | None = None):
+                 refine_options: dict | None = None, select: bool = True):
     """Detect and characterise sources in a 2-D FITS image with the YOLO-CIANNA SDC1 network.
 
     Parameters
@@ -280,6 +295,11 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
     refine_options : dict, optional
         Keyword arguments for :func:`~cianna.pipelines.sdc1.refine.refine_catalog` (e.g. ``min_snr``), on top of
         the model's own :attr:`SDC1Model.refine_options` (``min_snr`` merged key by key).
+    select : bool
+        Use the model's :attr:`SDC1Model.selection` table when it has one, the catalogue is refined and no
+        ``thresholds`` are given: the network runs at the table's lowest admitted objectness per prior, the
+        whole catalogue is refined, then the detections of dropped (objectness, S/N) cells are removed
+        (``meta['SELECT'] = 'table'``). Otherwise the per-prior thresholds decide (``'thresholds'``).
 
     Returns
     -------
@@ -319,6 +339,9 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
         raise ValueError(f"tile_size ({tile_size}) and overlap ({overlap}) must be multiples of 8 pixels")
     tsize = _tile_size(data.shape, tile_size)
     ov = min(overlap, tsize // 4 // 8 * 8)
+    selection = model.selection if (select and thresholds is None and refine == "gauss") else None
+    if selection is not None:
+        thresholds = selection.network_thresholds()
     predict_fn = make_predict_fn(model, tsize, thresholds, veto=veto)
     det = predict_tiled(data, predict_fn, (tsize, tsize), (ov, ov), batch_size=batch_size,
                         nms_threshold=lambda b, s, e: ladder_thresholds(s), nms_kind="DIoU",
@@ -372,6 +395,15 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
 
         t = refine_catalog(t, image, progress=progress,
                            **merge_refine_options(model.refine_options, refine_options))
+    if selection is not None:
+        from cianna.pipelines.sdc1.selection import apply_selection, detection_snr
+
+        keep = apply_selection(selection, t["objectness"], t["prior"], detection_snr(t)) if len(t) else []
+        log.info("selection table: %d of %d detections kept", int(np.sum(keep)), len(t))
+        t = t[np.asarray(keep, bool)] if len(t) else t
+        t["id"] = np.arange(1, len(t) + 1, dtype=np.int64)
+        n = len(t)
+    t.meta["SELECT"] = "table" if selection is not None else "thresholds"
     log.info("%s: %d sources", image, n)
     return t
 

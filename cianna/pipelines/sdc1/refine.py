@@ -388,7 +388,8 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
     -------
     astropy.table.QTable
         A copy with the accepted fitted values in ``ra_core, dec_core, ra_cent, dec_cent, x, y, flux, flux_app,
-        b_maj, b_min, pa``, plus ``fit_ok`` (bool, sane fit), ``fit_snr`` (peak S/N), ``refined`` (int bit mask:
+        b_maj, b_min, pa``, plus ``fit_ok`` (bool, sane fit), ``fit_snr`` (peak S/N), ``beam_snr`` (peak S/N of
+        the fixed-shape fit; 0 where it did not run), ``refined`` (int bit mask:
         1 position, 2 flux (free fit), 4 b_maj (b_min = refined b_maj × network axis ratio), 8 fitted b_min, 16 PA,
         32 flux from the fixed-shape fit, 64 position from the fixed-shape fit) and the network's values in ``net_flux, net_b_maj, net_b_min,
         net_pa`` (same units). ``meta['REFINE']`` = ``"gauss"``.
@@ -510,6 +511,7 @@ def refine_catalog(table, image, *, min_snr: dict | None = None, shape_scale: fl
     out["pa"] = np.where(use_pa, pa_f, pa_n) * u.deg
     out["fit_ok"] = sane
     out["fit_snr"] = np.where(np.isfinite(snr), snr, 0.0)
+    out["beam_snr"] = snr_b
     out["refined"] = (use_pos * 1 + use_flux * 2 + use_size * 4 + use_bmin * 8 + use_pa * 16
                       + use_fbeam * 32 + use_pos_b * 64).astype(np.int64)
     out.meta["REFINE"] = "gauss"

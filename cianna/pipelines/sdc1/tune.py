@@ -20,7 +20,8 @@ import os
 
 import numpy as np
 
-__all__ = ["detection_gains", "tune_thresholds", "evaluate_model", "choose_size_scale", "choose_refine_options",
+__all__ = ["detection_gains", "purity_cost", "tune_thresholds", "evaluate_model", "choose_size_scale",
+           "choose_refine_options", "choose_selection",
            "export_model"]
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,27 @@ def _best_cut(o, g, low):
     return max(low, float(o[best])), best + 1
 
 
+def purity_cost(solve, min_purity: float | None) -> float:
+    """Smallest extra cost per false detection whose optimum meets a purity floor (bisection).
+
+    ``solve(lam)`` returns a tuple whose last element is the purity of the selection that maximises the summed
+    gain when every unmatched detection costs ``1 + lam``; purity grows with ``lam``. Returns 0 without floor or
+    when the unconstrained optimum meets it.
+    """
+    if min_purity is None or solve(0.0)[-1] >= min_purity:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while solve(hi)[-1] < min_purity and hi < 1e4:
+        hi *= 4.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if solve(mid)[-1] >= min_purity:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05,
                     min_purity: float | None = None) -> tuple[np.ndarray, dict]:
     """Per-prior thresholds maximising the summed gain of the detections kept.
@@ -105,20 +127,8 @@ def tune_thresholds(objectness, prior, gains, nb_box: int, *, low: float = 0.05,
         purity = float((gains[keep] > -1).mean()) if keep.any() else 1.0
         return thr, keep, purity
 
-    lam = 0.0
-    thr, keep, purity = solve(0.0)
-    if min_purity is not None and purity < min_purity:
-        lo, hi = 0.0, 1.0
-        while solve(hi)[2] < min_purity and hi < 1e4:
-            hi *= 4.0
-        for _ in range(40):
-            mid = 0.5 * (lo + hi)
-            if solve(mid)[2] >= min_purity:
-                hi = mid
-            else:
-                lo = mid
-        lam = hi
-        thr, keep, purity = solve(lam)
+    lam = purity_cost(solve, min_purity)
+    thr, keep, purity = solve(lam)
     summary = {}
     for k in range(nb_box):
         sel = prior == k
@@ -298,6 +308,43 @@ def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=
         if not options["min_snr"]:
             options.pop("min_snr")
     return options, thr, rows
+
+
+def choose_selection(model, valid_dir: str | os.PathLike, *, low: float = 0.02,
+                     min_purity: float | None = None) -> tuple[object, dict]:
+    """Fit a selection table (objectness × refined S/N, :mod:`cianna.pipelines.sdc1.selection`) on a validation
+    field and measure it.
+
+    The field is detected at objectness ``low`` for every prior with the model's refinement; each detection gets
+    its gain; :func:`~cianna.pipelines.sdc1.selection.fit_selection` fills the table (cells without detections
+    follow the model's thresholds); the field is then detected again with the table.
+
+    Returns
+    -------
+    table : SelectionTable
+    report : dict
+        ``fit`` (expected score and purity on the low run, ``lambda``) and ``score`` (the re-run with the table:
+        value, n_det, n_match, purity, completeness, acc_pc).
+    """
+    from cianna.pipelines.sdc1.detect import detect_image
+    from cianna.pipelines.sdc1.selection import detection_snr, fit_selection
+    from cianna.scoring.sdc1 import score_sdc1
+
+    _check_min_purity(min_purity)
+    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    nb = model.config.nb_box
+    cat = detect_image(image, pb=pb, model=model, thresholds=[low] * nb, progress=False)
+    gains, _ = detection_gains(cat, truth)
+    table, fit = fit_selection(cat["objectness"], cat["prior"], detection_snr(cat), gains, nb, model.thresholds,
+                               low, min_purity=min_purity)
+    saved = model.selection
+    try:
+        model.selection = table
+        s = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
+    finally:
+        model.selection = saved
+    keys = ("value", "n_det", "n_match", "n_false", "purity", "completeness", "acc_pc")
+    return table, {"fit": fit, "score": {k: getattr(s, k) for k in keys}}
 
 
 def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,
