@@ -296,7 +296,7 @@ def test_choose_refine_options_searches_catalogue_stage_only(field, monkeypatch)
     # detections that change: a box of a prior whose threshold rose no longer suppresses boxes of other priors
     # in the NMS, and the refinement's neighbour masks follow the detections (measured: 105.2 vs 101.5 here,
     # purity 0.969 for a floor of 0.99 on the 131 detections of this tiny field)
-    model.refine_options, model.thresholds = best, thr
+    model.refine_options, model.thresholds, model.selection = best, thr, None
     s = score_sdc1(detect_image(field.image, pb=field.pb, model=model, progress=False), field.truth_path,
                    area="all")
     assert s.value == pytest.approx(top["value_tight"], rel=0.06) and s.purity >= 0.95   # 0.969 vs 0.99 here

@@ -71,6 +71,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from cianna.pipelines.sdc1.tune import choose_refine_options, choose_size_scale, evaluate_model
 
     model = load_model(args.model)
+    model.selection = None      # a stale table would decide the size and refinement searches; --selection refits
     res = evaluate_model(model, args.valid, low=args.low, progress=not args.quiet, min_purity=args.min_purity)
     meta = dict(model.meta)
     model.thresholds = np.asarray(res["thresholds"], float)
