@@ -303,6 +303,32 @@ def test_choose_refine_options_searches_catalogue_stage_only(field, monkeypatch)
 
 
 @needs_model
+def test_cli_tune_with_refine_search_and_selection(field, tmp_path, capsys):
+    import json
+
+    from cianna.pipelines.sdc1.detect import load_model
+
+    out = tmp_path / "tuned.safetensors"
+    d = os.path.dirname(field.image)
+    assert main(["sdc1", "tune", str(DEFAULT_MODEL), d, "--out", str(out), "--low", "0.05", "--min-purity", "0.9",
+                 "--refine-search", "--selection", "--quiet"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    m = load_model(out)
+    tuning = m.meta["tuning"]
+    assert len(m.meta["refine_search"]) == 20 and m.refine_options["unmeasured_scale"] in (
+        [r["b_maj"], r["b_min"]] for r in m.meta["refine_search"])
+    sel = tuning["selection"]
+    assert sel["used"] == (m.selection is not None)
+    # the table is used exactly when it beats the thresholds' re-run within the documented purity slack
+    from cianna.cli.sdc1_yolo import PURITY_SLACK
+
+    ok = (sel["score"]["value"] > tuning["score"]["value"]
+          and sel["score"]["purity"] >= min(0.9, tuning["score"]["purity"]) - PURITY_SLACK)
+    assert sel["used"] == ok
+    assert printed["refine_options"] == m.refine_options and printed["selection"]["used"] == sel["used"]
+
+
+@needs_model
 def test_demo_realistic_sky_writes_outputs_and_scores(tmp_path):
     from cianna.cli.sdc1_yolo import run_demo
     from cianna.sim.continuum import FAINT_DENSITY, PIXEL_SIZE_DEG
