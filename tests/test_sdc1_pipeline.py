@@ -250,6 +250,13 @@ def test_choose_size_scale_scores_candidates_and_restores_model(field):
     ok = [r for r in rows if r["n_match"] >= 0.995 * rows[1]["n_match"]]
     top = max(ok, key=lambda r: r["value"])
     assert best == (top["b_maj"], top["b_min"])
+    # one network pass, but the same catalogues as detect_image with each size_scale (and the model's table)
+    for r in rows:
+        model.size_scale = (r["b_maj"], r["b_min"])
+        s = score_sdc1(detect_image(field.image, pb=field.pb, model=model, progress=False), field.truth_path,
+                       area="all")
+        assert s.value == pytest.approx(r["value"], abs=1e-6)
+    model.size_scale = saved
 
 
 def test_refine_options_stored_with_the_model_and_merged(tmp_path):

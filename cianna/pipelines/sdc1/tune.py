@@ -188,7 +188,9 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
 
     The regressed sizes are biased (the training targets clip b_maj >= 0.9", b_min >= 0.3", ``sdc1.md`` §3.6).
     Each candidate pair is applied to the network-valued sizes (fitted sizes of the refinement are unbiased and
-    not scaled), the field is detected with the model's thresholds and scored. The best score wins among the
+    not scaled) of one network run with the model's thresholds (or selection table), the catalogue stage is
+    redone from them and scored: the same catalogues as ``detect_image`` with that ``size_scale``, for one
+    network pass. The best score wins among the
     candidates that keep at least ``keep_matches`` of the matches of (1, 1): the scorer's matching uses the
     sizes, and a scale that trades matches for size terms is not kept.
 
@@ -207,21 +209,38 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
     table : list of dict
         One row per candidate: ``b_maj, b_min, value, n_match, purity``.
     """
-    from cianna.pipelines.sdc1.detect import detect_image
+    from cianna.pipelines.sdc1.detect import detect_image, merge_refine_options
+    from cianna.pipelines.sdc1.refine import refine_catalog
+    from cianna.pipelines.sdc1.selection import apply_selection, detection_snr
     from cianna.scoring.sdc1 import score_sdc1
 
     image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
     saved, rows = model.size_scale, []
+    # the network runs once, unscaled; each candidate scales the network's sizes and redoes the catalogue stage
+    # exactly as detect_image would (refinement from the scaled sizes, then the selection table if any)
+    from cianna.io.fits import read_image
+
+    refine = read_image(image, memmap=True)[3] is not None      # detect_image skips it without a beam
+    sel = model.selection if refine else None
     try:
-        for a in b_maj:
-            for b in b_min:
-                model.size_scale = (float(a), float(b))
-                sc = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
-                rows.append({"b_maj": float(a), "b_min": float(b), "value": float(sc.value),
-                             "n_match": int(sc.n_match), "purity": float(sc.purity)})
-                log.info("size_scale (%.2f, %.2f): score %.1f, %d matches", a, b, sc.value, sc.n_match)
+        model.size_scale = (1.0, 1.0)
+        raw = detect_image(image, pb=pb, model=model, progress=False, refine="none",
+                           thresholds=None if sel is None else sel.network_thresholds())
     finally:
         model.size_scale = saved
+    for a in b_maj:
+        for b in b_min:
+            cat = raw.copy()
+            cat["b_maj"] = raw["b_maj"] * float(a)
+            cat["b_min"] = raw["b_min"] * float(b)
+            if len(cat) and refine:
+                cat = refine_catalog(cat, image, **merge_refine_options(model.refine_options, None))
+                if sel is not None:
+                    cat = cat[apply_selection(sel, cat["objectness"], cat["prior"], detection_snr(cat))]
+            sc = score_sdc1(cat, truth, area="all")
+            rows.append({"b_maj": float(a), "b_min": float(b), "value": float(sc.value),
+                         "n_match": int(sc.n_match), "purity": float(sc.purity)})
+            log.info("size_scale (%.2f, %.2f): score %.1f, %d matches", a, b, sc.value, sc.n_match)
     ref = [r for r in rows if r["b_maj"] == 1.0 and r["b_min"] == 1.0]
     floor = keep_matches * (ref[0]["n_match"] if ref else max(r["n_match"] for r in rows))
     ok = [r for r in rows if r["n_match"] >= floor] or rows
