@@ -15,7 +15,11 @@ Chain
 6. Refinement (``refine="gauss"``, default): a 2-D elliptical Gaussian is fitted to a small stamp around each
    detection, starting from the network's box and parameters; where the fit is sane and bright enough the
    fitted position, flux, beam-deconvolved sizes and PA replace the network's
-   (:mod:`cianna.pipelines.sdc1.refine`; the model's ``size_scale`` only applies to network-valued sizes).
+   (:mod:`cianna.pipelines.sdc1.refine`; the model's ``size_scale`` only applies to network-valued sizes;
+   the model's ``refine_options`` are the defaults).
+7. Selection (models with a :class:`~cianna.pipelines.sdc1.selection.SelectionTable`, refined catalogues, no
+   explicit ``thresholds``): the network ran at the table's lowest admitted objectness in step 3, and the
+   table now keeps the detections whose (prior, objectness, refined peak S/N) cell it keeps.
 
 Peak memory is bounded by the tile batch, the network activations of one batch and the detections: the image
 itself is never loaded in full.
