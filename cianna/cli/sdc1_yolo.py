@@ -71,7 +71,8 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from cianna.pipelines.sdc1.detect import load_model, save_model
-    from cianna.pipelines.sdc1.tune import choose_refine_options, choose_size_scale, evaluate_model
+    from cianna.pipelines.sdc1.tune import (choose_refine_options, choose_selection, choose_size_scale,
+                                            evaluate_model, score_on_field)
 
     model = load_model(args.model)
     model.selection = None      # a stale table would decide the size and refinement searches; --selection refits
@@ -82,21 +83,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         model.size_scale, meta["size_scale_search"] = choose_size_scale(model, args.valid)
         res["size_scale"] = list(model.size_scale)
     if args.refine_search:
-        from cianna.pipelines.sdc1.detect import detect_image
-        from cianna.scoring.sdc1 import score_sdc1
-
         model.refine_options, model.thresholds, meta["refine_search"] = choose_refine_options(
             model, args.valid, min_purity=args.min_purity)
         res["refine_options"] = model.refine_options
         res["before_refine_search"] = {k: res[k] for k in ("thresholds", "score")}
         res["thresholds"] = [float(v) for v in model.thresholds]
-        image, pb, truth = (os.path.join(args.valid, n) for n in ("image.fits", "pb.fits", "truth.txt"))
-        s = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
-        res["score"] = {k: getattr(s, k) for k in ("value", "n_det", "n_match", "n_false", "n_truth", "purity",
-                                                   "completeness", "acc_pc")}
+        res["score"] = score_on_field(model, args.valid)
     if args.selection:
-        from cianna.pipelines.sdc1.tune import choose_selection
-
         table, rep = choose_selection(model, args.valid, low=args.low, min_purity=args.min_purity)
         res["selection"] = rep
         # kept where it beats the thresholds on the validation field at a purity within PURITY_SLACK of the floor

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["DEFAULT_MODEL", "SDC1Model", "load_model", "save_model", "detect_image", "write_catalog",
-           "write_ds9", "plot_detections", "DEFAULT_THRESHOLDS", "check_refine_options", "merge_refine_options"]
+           "write_ds9", "plot_detections", "DEFAULT_THRESHOLDS", "check_refine_options", "merge_refine_options",
+           "catalog_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -394,22 +395,51 @@ def detect_image(image: str | os.PathLike, *, pb: str | os.PathLike | None = Non
                   MODEL=str(model.path), FINDER="YOLO-CIANNA", TILE=tsize, OVERLAP=ov,
                   THRESH=",".join(f"{v:.4f}" for v in (model.thresholds if thresholds is None else thresholds)),
                   REFINE=refine)
-    if refine == "gauss" and n:
+    t = catalog_stage(t, image, model, refine=refine == "gauss", refine_options=refine_options,
+                      selection=selection, progress=progress)
+    log.info("%s: %d sources", image, len(t))
+    return t
+
+
+def catalog_stage(table, image, model: SDC1Model, *, refine: bool = True, refine_options: dict | None = None,
+                  selection=None, progress: bool = False):
+    """The catalogue stage of :func:`detect_image` after the network: refinement, then the selection table.
+
+    Parameters
+    ----------
+    table : astropy.table.QTable
+        Network catalogue (``detect_image(..., refine="none")`` columns).
+    image : str or os.PathLike
+        The FITS image of the catalogue.
+    model : SDC1Model
+        Its ``refine_options`` are the refinement defaults.
+    refine : bool
+        Run :func:`~cianna.pipelines.sdc1.refine.refine_catalog`.
+    refine_options : dict, optional
+        Overrides of the model's refinement options (:func:`merge_refine_options`).
+    selection : SelectionTable, optional
+        Keep only the detections of its kept cells (needs ``refine``), renumbering ``id``.
+
+    Returns
+    -------
+    astropy.table.QTable
+        With ``meta['SELECT']`` = ``'table'`` or ``'thresholds'``.
+    """
+    if refine and len(table):
         from cianna.pipelines.sdc1.refine import refine_catalog
 
-        t = refine_catalog(t, image, progress=progress,
-                           **merge_refine_options(model.refine_options, refine_options))
+        table = refine_catalog(table, image, progress=progress,
+                               **merge_refine_options(model.refine_options, refine_options))
     if selection is not None:
         from cianna.pipelines.sdc1.selection import apply_selection, detection_snr
 
-        keep = apply_selection(selection, t["objectness"], t["prior"], detection_snr(t)) if len(t) else []
-        log.info("selection table: %d of %d detections kept", int(np.sum(keep)), len(t))
-        t = t[np.asarray(keep, bool)] if len(t) else t
-        t["id"] = np.arange(1, len(t) + 1, dtype=np.int64)
-        n = len(t)
-    t.meta["SELECT"] = "table" if selection is not None else "thresholds"
-    log.info("%s: %d sources", image, n)
-    return t
+        keep = apply_selection(selection, table["objectness"], table["prior"], detection_snr(table)) \
+            if len(table) else np.zeros(0, bool)
+        log.info("selection table: %d of %d detections kept", int(np.sum(keep)), len(table))
+        table = table[keep]
+        table["id"] = np.arange(1, len(table) + 1, dtype=np.int64)
+    table.meta["SELECT"] = "table" if selection is not None else "thresholds"
+    return table
 
 
 def write_catalog(table, path: str | os.PathLike, *, overwrite: bool = True) -> str:

@@ -103,8 +103,8 @@ def detection_snr(table) -> np.ndarray:
 
 
 def _cells(table: SelectionTable, objectness, snr):
-    i = np.clip(np.searchsorted(table.objectness_edges, objectness, side="right") - 1, 0, len(
-        table.objectness_edges) - 2)
+    n_o = len(table.objectness_edges) - 1
+    i = np.clip(np.searchsorted(table.objectness_edges, objectness, side="right") - 1, 0, n_o - 1)
     j = np.clip(np.searchsorted(table.snr_edges, snr, side="right") - 1, 0, len(table.snr_edges) - 1)
     return i, j
 

@@ -20,13 +20,32 @@ import os
 
 import numpy as np
 
-__all__ = ["detection_gains", "purity_cost", "tune_thresholds", "evaluate_model", "choose_size_scale",
-           "choose_refine_options", "choose_selection",
-           "export_model"]
+__all__ = ["detection_gains", "purity_cost", "tune_thresholds", "evaluate_model", "score_on_field",
+           "choose_size_scale", "choose_refine_options", "choose_selection", "export_model"]
 
 log = logging.getLogger(__name__)
 
 _TERMS = ("position", "flux", "b_maj", "b_min", "pa", "core_frac", "class")
+#: Fields of an :class:`~cianna.scoring.sdc1.Sdc1Score` kept in tuning records.
+_SCORE_KEYS = ("value", "n_det", "n_match", "n_false", "n_truth", "purity", "completeness", "acc_pc")
+
+
+def _field_paths(valid_dir) -> tuple[str, str, str]:
+    """``image.fits``, ``pb.fits`` and ``truth.txt`` of a field directory."""
+    return tuple(os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+
+
+def _summary(score) -> dict:
+    return {k: getattr(score, k) for k in _SCORE_KEYS}
+
+
+def score_on_field(model, valid_dir: str | os.PathLike) -> dict:
+    """Detect a field with the model's own settings and score it (``area="all"``); the :data:`_SCORE_KEYS`."""
+    from cianna.pipelines.sdc1.detect import detect_image
+    from cianna.scoring.sdc1 import score_sdc1
+
+    image, pb, truth = _field_paths(valid_dir)
+    return _summary(score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all"))
 
 
 def detection_gains(table, truth, *, area: str = "all") -> tuple[np.ndarray, object]:
@@ -165,20 +184,16 @@ def evaluate_model(model, valid_dir: str | os.PathLike, *, low: float = 0.05, pr
     _check_min_purity(min_purity)           # before the detection run, not after it
     if not isinstance(model, SDC1Model):
         model = load_model(model)
-    image = os.path.join(valid_dir, "image.fits")
-    pb = os.path.join(valid_dir, "pb.fits")
-    truth = os.path.join(valid_dir, "truth.txt")
+    image, pb, truth = _field_paths(valid_dir)
     nb = model.config.nb_box
     cat = detect_image(image, pb=pb, model=model, thresholds=[low] * nb, progress=progress)
     gains, s_low = detection_gains(cat, truth)
     thr, summary = tune_thresholds(cat["objectness"], cat["prior"], gains, nb, low=low, min_purity=min_purity)
-    keys = ("value", "n_det", "n_match", "n_false", "n_truth", "purity", "completeness", "acc_pc")
     out = {"thresholds": [float(v) for v in thr], "summary": summary,
-           "score_low": {k: getattr(s_low, k) for k in keys} if s_low is not None else None, "score": None}
+           "score_low": _summary(s_low) if s_low is not None else None, "score": None}
     if rerun:
         tuned = detect_image(image, pb=pb, model=model, thresholds=thr, progress=progress)
-        s = score_sdc1(tuned, truth, area="all")
-        out["score"] = {k: getattr(s, k) for k in keys}
+        out["score"] = _summary(score_sdc1(tuned, truth, area="all"))
     return out
 
 
@@ -209,17 +224,14 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
     table : list of dict
         One row per candidate: ``b_maj, b_min, value, n_match, purity``.
     """
-    from cianna.pipelines.sdc1.detect import detect_image, merge_refine_options
-    from cianna.pipelines.sdc1.refine import refine_catalog
-    from cianna.pipelines.sdc1.selection import apply_selection, detection_snr
+    from cianna.io.fits import read_image
+    from cianna.pipelines.sdc1.detect import catalog_stage, detect_image
     from cianna.scoring.sdc1 import score_sdc1
 
-    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    image, pb, truth = _field_paths(valid_dir)
     saved, rows = model.size_scale, []
     # the network runs once, unscaled; each candidate scales the network's sizes and redoes the catalogue stage
     # exactly as detect_image would (refinement from the scaled sizes, then the selection table if any)
-    from cianna.io.fits import read_image
-
     refine = read_image(image, memmap=True)[3] is not None      # detect_image skips it without a beam
     sel = model.selection if refine else None
     try:
@@ -233,11 +245,7 @@ def choose_size_scale(model, valid_dir: str | os.PathLike, *, b_maj=(1.0, 1.2), 
             cat = raw.copy()
             cat["b_maj"] = raw["b_maj"] * float(a)
             cat["b_min"] = raw["b_min"] * float(b)
-            if len(cat) and refine:
-                cat = refine_catalog(cat, image, **merge_refine_options(model.refine_options, None))
-                if sel is not None:
-                    cat = cat[apply_selection(sel, cat["objectness"], cat["prior"], detection_snr(cat))]
-            sc = score_sdc1(cat, truth, area="all")
+            sc = score_sdc1(catalog_stage(cat, image, model, refine=refine, selection=sel), truth, area="all")
             rows.append({"b_maj": float(a), "b_min": float(b), "value": float(sc.value),
                          "n_match": int(sc.n_match), "purity": float(sc.purity)})
             log.info("size_scale (%.2f, %.2f): score %.1f, %d matches", a, b, sc.value, sc.n_match)
@@ -294,7 +302,7 @@ def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=
     from cianna.pipelines.sdc1.refine import refine_catalog
 
     _check_min_purity(min_purity)
-    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    image, pb, truth = _field_paths(valid_dir)
     raw = detect_image(image, pb=pb, model=model, progress=False, refine="none")
     nb = model.config.nb_box
     base = np.asarray(model.thresholds, float)
@@ -305,7 +313,7 @@ def choose_refine_options(model, valid_dir: str | os.PathLike, *, position_beam=
                 cand = merge_refine_options(model.refine_options, {"min_snr": {"position_beam": float(pbeam)},
                                                                    "unmeasured_scale": [float(a), float(b)]})
                 table = refine_catalog(raw, image, **cand)
-                gains, sc = detection_gains(table, truth)
+                gains, _ = detection_gains(table, truth)
                 obj, prior = np.asarray(table["objectness"], float), np.asarray(table["prior"], int)
                 thr, _ = tune_thresholds(obj, prior, gains, nb, low=0.0, min_purity=min_purity)
                 thr = np.maximum(thr, base)
@@ -347,10 +355,9 @@ def choose_selection(model, valid_dir: str | os.PathLike, *, low: float = 0.02,
     """
     from cianna.pipelines.sdc1.detect import detect_image
     from cianna.pipelines.sdc1.selection import detection_snr, fit_selection
-    from cianna.scoring.sdc1 import score_sdc1
 
     _check_min_purity(min_purity)
-    image, pb, truth = (os.path.join(valid_dir, n) for n in ("image.fits", "pb.fits", "truth.txt"))
+    image, pb, truth = _field_paths(valid_dir)
     nb = model.config.nb_box
     cat = detect_image(image, pb=pb, model=model, thresholds=[low] * nb, progress=False)
     gains, _ = detection_gains(cat, truth)
@@ -359,11 +366,10 @@ def choose_selection(model, valid_dir: str | os.PathLike, *, low: float = 0.02,
     saved = model.selection
     try:
         model.selection = table
-        s = score_sdc1(detect_image(image, pb=pb, model=model, progress=False), truth, area="all")
+        score = score_on_field(model, valid_dir)
     finally:
         model.selection = saved
-    keys = ("value", "n_det", "n_match", "n_false", "purity", "completeness", "acc_pc")
-    return table, {"fit": fit, "score": {k: getattr(s, k) for k in keys}}
+    return table, {"fit": fit, "score": score}
 
 
 def export_model(checkpoint: str | os.PathLike, valid_dir: str | os.PathLike, out: str | os.PathLike, *,
