@@ -88,36 +88,42 @@ def condon_errors(snr, maj, mnr):
     return e_flux, e_maj, e_min, np.minimum(e_pa, 1e4)
 
 
-def _term_scores(sub, truth):
-    """The scorer's flux, b_maj, b_min and PA term scores (ska_sdc score_helper formulas, same size class)."""
-    from ska_sdc.sdc1.dc_defns import flux_thr, pa_thr, size_thr
+def _term_score(key, sub, truth):
+    """Per-source score of one scorer term (``flux``, ``b_maj``, ``b_min`` or ``pa``), shape (N,).
 
-    def rel(a, b, thr):
-        return np.minimum(1.0, thr / np.maximum(np.abs(a - b) / b, 1e-12))
+    Uses the official ``ska_sdc`` accuracy and score functions; the submitted size class is the true one.
+    """
+    import pandas as pd
+    from ska_sdc.common.utils.score_helper import get_acc_series
+    from ska_sdc.sdc1.dc_defns import flux_thr, size_thr
+    from ska_sdc.sdc1.utils.score_helper import (get_b_min_scores, get_pa_acc_series, get_pa_scores,
+                                                 get_size_acc_series)
 
-    def fold(p):
-        p = np.array(p, dtype=float)
-        for cond, shift in ((p > 180, -180), (p > 90, -90), (p > 45, -45), (p < -45, 45)):
-            p[cond] += shift
-        return p
-
-    ssagn = truth["size"].to_numpy() == 1
-    out = {"flux": rel(sub["flux"], truth["flux"].to_numpy(), flux_thr),
-           "b_maj": rel(sub["b_maj"], truth["b_maj"].to_numpy(), size_thr),
-           "b_min": np.where(ssagn, 1.0, rel(sub["b_min"], truth["b_min"].to_numpy(), size_thr)),
-           "pa": np.where(ssagn, 1.0, np.minimum(1.0, pa_thr / np.maximum(
-               np.abs(fold(sub["pa"]) - fold(truth["pa"].to_numpy())), 1e-12)))}
-    return out
+    sub_s = pd.Series(np.asarray(sub, float))
+    true_s = truth[key].reset_index(drop=True).astype(float)
+    size_id = truth["size"].reset_index(drop=True)
+    if key == "flux":
+        return np.minimum(1.0, flux_thr / get_acc_series(sub_s, true_s, true_s).to_numpy())
+    if key == "pa":
+        return get_pa_scores(get_pa_acc_series(sub_s, true_s), size_id).to_numpy()
+    acc = get_size_acc_series(sub_s, true_s, size_id, size_id)
+    if key == "b_min":
+        return get_b_min_scores(acc, size_id).to_numpy()
+    return np.minimum(1.0, size_thr / acc.to_numpy())
 
 
-def _best_constants(values, truth, bins, key, grid):
+def _term_scores(values, truth):
+    """:func:`_term_score` of every key of ``values``."""
+    return {k: _term_score(k, v, truth) for k, v in values.items()}
+
+
+def _best_constants(truth, bins, key, grid):
     """Per S/N bin, the constant submitted value that maximises the term ``key`` over the bin's sources."""
     best = np.empty(len(truth))
     for b in np.unique(bins):
         sel = bins == b
         t = truth[sel]
-        scores = [_term_scores({**{k: values[k][sel] for k in values}, key: np.full(sel.sum(), c)}, t)[key].sum()
-                  for c in grid]
+        scores = [_term_score(key, np.full(sel.sum(), c), t).sum() for c in grid]
         best[sel] = grid[int(np.argmax(scores))]
     return best
 
@@ -137,9 +143,9 @@ def oracle_catalogs(truth, snr, maj, mnr, g, cut, rng):
            "pa": t["pa"].to_numpy() + e_pa * rng.standard_normal(n)}
     bins = np.digitize(np.log10(s), np.arange(np.log10(cut), 4, 0.05))
     prior = {"flux": fit["flux"],
-             "b_maj": _best_constants(fit, t, bins, "b_maj", np.geomspace(0.05, 20, 60)),
-             "b_min": _best_constants(fit, t, bins, "b_min", np.geomspace(0.02, 10, 60)),
-             "pa": _best_constants(fit, t, bins, "pa", np.arange(-44.0, 45.0, 2.0))}
+             "b_maj": _best_constants(t, bins, "b_maj", np.geomspace(0.05, 20, 60)),
+             "b_min": _best_constants(t, bins, "b_min", np.geomspace(0.02, 10, 60)),
+             "pa": _best_constants(t, bins, "pa", np.arange(-44.0, 45.0, 2.0))}
     s_fit, s_prior = _term_scores(fit, t), _term_scores(prior, t)
     both = {k: np.where(s_prior[k] > s_fit[k], prior[k], fit[k]) for k in fit}
     # a rule a finder could apply: the prior constant where the fit's own error estimate says the
