@@ -94,3 +94,15 @@ def test_detect_image_applies_the_models_selection(tmp_path):
     assert plain.meta["SELECT"] == "thresholds" == off.meta["SELECT"]
     assert len(off) == len(detect_image(field.image, pb=field.pb, model=model, progress=False, select=False))
     assert os.path.getsize(path) > 0
+
+
+def test_model_refuses_a_table_for_another_number_of_priors(tmp_path):
+    from cianna.pipelines.sdc1.detect import SDC1Model, save_model
+    from cianna.pipelines.sdc1.model import build_network
+
+    net = build_network(64, seed=1)
+    keep = np.ones((2, len(OBJECTNESS_EDGES) - 1, len(SNR_EDGES)), bool)      # the network has 6 priors
+    with pytest.raises(ValueError, match="selection table has 2 priors, the network 6"):
+        SDC1Model(net, [0.5] * 6, selection=SelectionTable(OBJECTNESS_EDGES, SNR_EDGES, keep))
+    with pytest.raises(ValueError, match="needs objectness_edges"):
+        save_model(tmp_path / "bad.safetensors", net, [0.5] * 6, selection={"keep": []})
